@@ -57,22 +57,12 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 function expandBack(dy: T, x: T, axes: number[], keepdims: boolean): T {
   const kept = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
   const g = keepdims ? dy : o.reshape(dy, kept);
-  return o.expand(g, x.shape);
+  return o.expand(g, x.shape, x);
 }
 
 function reducedAxes(n: Node, x: T): number[] {
   const ax = n.op === 'ReduceSum' ? constInts(n, 1) : attrInts(n, 'axes');
   return ax.length ? ax.map((a) => (a < 0 ? a + x.rank : a)) : x.shape.map((_, i) => i);
-}
-
-function countOf(x: T, axes: number[]): number {
-  let c = 1;
-  for (const a of axes) {
-    const d = x.shape[a];
-    if (typeof d !== 'number') throw new Error(`ReduceMean over symbolic axis ${a} has no static count`);
-    c *= d;
-  }
-  return c;
 }
 
 export const RULES: Record<string, GradRule> = {
@@ -178,7 +168,7 @@ export const RULES: Record<string, GradRule> = {
   ReduceMean: (n, [dy]) => {
     const x = inp(n, 0);
     const axes = reducedAxes(n, x);
-    return [o.div(expandBack(dy!, x, axes, attrI(n, 'keepdims', 1) === 1), countOf(x, axes))];
+    return [o.div(expandBack(dy!, x, axes, attrI(n, 'keepdims', 1) === 1), o.sizeAlong(x, axes))];
   },
   // ReduceMax: the gradient is shared equally among the maxima (as torch.amax does).
   ReduceMax: (n, [dy]) => {

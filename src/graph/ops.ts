@@ -253,14 +253,25 @@ export function reshape(x: T, shape: Shape): T {
   return x.graph.addNode('Reshape', [x, ints(x.graph, spec)], [{ shape, dtype: x.dtype }])[0]!;
 }
 
-/** Expand (broadcast) to `shape`; symbolic target dims must come from the input. */
-export function expand(x: T, shape: Shape): T {
+/**
+ * Expand (broadcast) to `shape`. A symbolic target dim that the input does not already carry at that
+ * position needs `like`, a tensor of the target shape whose run-time shape is used.
+ */
+export function expand(x: T, shape: Shape, like?: T): T {
   const probe = new Tensor(x.graph, -1, shape, x.dtype, undefined, 'target');
   const out = broadcastShapes('Expand', [x, probe]);
   if (!sameShape(out, shape)) fail('Expand', [x], `cannot expand to [${shape}]`);
   if (sameShape(x.shape, shape)) return x;
-  const spec = shape.map((d) => (typeof d === 'number' ? d : 1));
-  return x.graph.addNode('Expand', [x, ints(x.graph, spec)], [{ shape, dtype: x.dtype }])[0]!;
+  const off = shape.length - x.rank;
+  const needsRuntime = shape.some((d, i) => typeof d !== 'number' && x.shape[i - off] !== d);
+  let spec: T;
+  if (needsRuntime) {
+    if (!like || !sameShape(like.shape, shape)) fail('Expand', [x], `expanding to symbolic [${shape}] needs a tensor of that shape`);
+    spec = x.graph.addNode('Shape', [like], [{ shape: [like.rank], dtype: 'int64' }])[0]!;
+  } else {
+    spec = ints(x.graph, shape.map((d) => (typeof d === 'number' ? d : 1)));
+  }
+  return x.graph.addNode('Expand', [x, spec], [{ shape, dtype: x.dtype }])[0]!;
 }
 
 export function concat(xs: readonly T[], axis: number): T {
@@ -447,4 +458,15 @@ export function fillLike(like: T, value: number, dtype: DType = like.dtype): T {
   const s = g.addNode('Shape', [like], [{ shape: [like.rank], dtype: 'int64' }])[0]!;
   const cv = constValue([value], [1], dtype);
   return g.addNode('ConstantOfShape', [s], [{ shape: like.shape, dtype }], { value: { t: cv } })[0]!;
+}
+
+/** The number of elements along `axes`, as a scalar of `dtype`, computed at run time (works with symbolic dims). */
+export function sizeAlong(x: T, axes: readonly number[], dtype: DType = x.dtype): T {
+  const g = x.graph;
+  const static_ = axes.every((a) => typeof x.shape[a] === 'number');
+  if (static_) return scalar(g, axes.reduce((p, a) => p * (x.shape[a] as number), 1), dtype);
+  const s = g.addNode('Shape', [x], [{ shape: [x.rank], dtype: 'int64' }])[0]!;
+  const dims = gather(s, ints(g, axes), 0);
+  const prod = g.addNode('ReduceProd', [dims], [{ shape: [], dtype: 'int64' }], { keepdims: { i: 0 } })[0]!;
+  return cast(prod, dtype);
 }

@@ -1,0 +1,110 @@
+// Layers as functions over the graph builder. Parameters are created in the graph's current scope
+// with the names OpenAI / OpenCLIP checkpoints use (weight [out, in] as in PyTorch), so a state dict
+// loads without a mapping.
+import type { Graph, Tensor } from '../graph/graph.js';
+import * as o from '../graph/ops.js';
+
+type T = Tensor;
+export type Activation = 'gelu' | 'gelu_tanh' | 'quick_gelu' | 'relu';
+
+export function activate(x: T, act: Activation): T {
+  switch (act) {
+    case 'gelu':
+      return o.gelu(x);
+    case 'gelu_tanh':
+      return o.geluTanh(x);
+    case 'quick_gelu':
+      return o.quickGelu(x);
+    case 'relu':
+      return o.relu(x);
+  }
+}
+
+/** y = x·Wᵀ + b over the last axis, W: [out, in] (torch.nn.Linear), as one Gemm on a 2-D view. */
+export function linear(g: Graph, name: string, x: T, outF: number, o_: { bias?: boolean; std?: number } = {}): T {
+  const inF = x.shape[x.rank - 1] as number;
+  return g.scope(name, () => {
+    const w = g.param('weight', [outF, inF], o_.std ? { kind: 'normal', std: o_.std } : { kind: 'kaiming_uniform', fanIn: inF, fanOut: outF, gain: 1 });
+    const b = o_.bias === false ? null : g.param('bias', [outF], { kind: 'zeros' });
+    return linearWith(x, w, b);
+  });
+}
+
+/** x·Wᵀ + b with given W [out, in] and b [out] (attention's packed in_proj uses this). */
+export function linearWith(x: T, w: T, b: T | null): T {
+  const inF = x.shape[x.rank - 1]!;
+  const outF = w.shape[0]!;
+  const lead = x.shape.slice(0, -1);
+  const sym = lead.filter((d) => typeof d !== 'number');
+  const count = lead.reduce<number>((p, d) => p * (typeof d === 'number' ? d : 1), 1);
+  const rows = sym.length ? (count === 1 ? sym.join('*') : `${sym.join('*')}*${count}`) : count;
+  const x2 = x.rank === 2 ? x : o.reshape(x, [rows, inF]);
+  const y = o.gemm(x2, w, b, { transB: true });
+  return x.rank === 2 ? y : o.reshape(y, [...lead, outF]);
+}
+
+export function layerNorm(g: Graph, name: string, x: T, eps = 1e-5): T {
+  const d = x.shape[x.rank - 1] as number;
+  return g.scope(name, () => o.layerNorm(x, g.param('weight', [d], { kind: 'ones' }), g.param('bias', [d], { kind: 'zeros' }), eps));
+}
+
+/** Transformer MLP: c_fc → activation → c_proj (OpenAI's names). */
+export function mlp(g: Graph, name: string, x: T, hidden: number, act: Activation, std?: { fc?: number; proj?: number }): T {
+  const d = x.shape[x.rank - 1] as number;
+  return g.scope(name, () => linear(g, 'c_proj', activate(linear(g, 'c_fc', x, hidden, { std: std?.fc }), act), d, { std: std?.proj }));
+}
+
+/**
+ * Multi-head self-attention with torch.nn.MultiheadAttention's parameters (in_proj_weight [3D, D],
+ * in_proj_bias, out_proj.weight/bias). x: [N, T, D]; mask: additive [T, T] (e.g. causal) or null.
+ */
+export function selfAttention(g: Graph, name: string, x: T, heads: number, mask: T | null, std?: { in?: number; out?: number }): T {
+  const [n, t, d] = x.shape as [number | string, number, number];
+  if (d % heads !== 0) throw new Error(`attention '${g.scoped(name)}': width ${d} is not divisible by ${heads} heads`);
+  const hd = d / heads;
+  return g.scope(name, () => {
+    const wIn = g.param('in_proj_weight', [3 * d, d], std?.in ? { kind: 'normal', std: std.in } : { kind: 'xavier_uniform', fanIn: d, fanOut: d });
+    const bIn = g.param('in_proj_bias', [3 * d], { kind: 'zeros' });
+    const qkv = linearWith(x, wIn, bIn); // [N, T, 3D]
+    // [N, T, 3, H, hd] → [3, N, H, T, hd]
+    const split = o.transpose(o.reshape(qkv, [n, t, 3, heads, hd]), [2, 0, 3, 1, 4]);
+    const [q, k, v] = o.split(split, 0, [1, 1, 1]).map((z) => o.squeeze(z, [0])) as [T, T, T];
+    let scores = o.matmul(o.mul(q, 1 / Math.sqrt(hd)), o.transpose(k, [0, 1, 3, 2])); // [N, H, T, T]
+    if (mask) scores = o.add(scores, mask);
+    const attn = o.matmul(o.softmax(scores, -1), v); // [N, H, T, hd]
+    const merged = o.reshape(o.transpose(attn, [0, 2, 1, 3]), [n, t, d]);
+    return linear(g, 'out_proj', merged, d, { std: std?.out });
+  });
+}
+
+/** The causal mask of OpenAI's text transformer: 0 on and below the diagonal, −∞ above. */
+export function causalMask(g: Graph, t: number): T {
+  const data = new Float32Array(t * t);
+  for (let i = 0; i < t; i++) for (let j = i + 1; j < t; j++) data[i * t + j] = -Infinity;
+  return o.constant(g, data, [t, t]);
+}
+
+export interface TransformerConfig {
+  width: number;
+  layers: number;
+  heads: number;
+  mlpRatio: number;
+  act: Activation;
+  /** Init std for attention/MLP projections (OpenAI's text tower scheme); default: PyTorch defaults. */
+  initStd?: { attn?: number; proj?: number; fc?: number };
+}
+
+/** Pre-LN residual blocks, named resblocks.N (ln_1, attn, ln_2, mlp). x: [N, T, D]. */
+export function transformer(g: Graph, name: string, x: T, cfg: TransformerConfig, mask: T | null = null): T {
+  return g.scope(name, () => {
+    let h = x;
+    for (let i = 0; i < cfg.layers; i++) {
+      h = g.scope(`resblocks.${i}`, () => {
+        const std = cfg.initStd;
+        const a = o.add(h, selfAttention(g, 'attn', layerNorm(g, 'ln_1', h), cfg.heads, mask, { in: std?.attn, out: std?.proj }));
+        return o.add(a, mlp(g, 'mlp', layerNorm(g, 'ln_2', a), Math.round(cfg.width * cfg.mlpRatio), cfg.act, { fc: std?.fc, proj: std?.proj }));
+      });
+    }
+    return h;
+  });
+}

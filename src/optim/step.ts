@@ -1,0 +1,193 @@
+// A compiled training step: forward, backward (our autodiff), optional global-norm clipping and the
+// AdamW update, as one ONNX Runtime session. Parameters and both moments are inputs and outputs;
+// ORT writes the outputs straight into a second set of buffers we own (pre-allocated fetches), and
+// the two sets swap after each step — no per-step copies and no JS loop over the weights.
+// The alternative (`update: 'js'`: the session returns gradients, AdamW runs in TypeScript) is kept
+// for the benchmark that chose between them (BENCHMARKS.md).
+import { gradients } from '../autodiff/grad.js';
+import type { Graph, Tensor } from '../graph/graph.js';
+import * as o from '../graph/ops.js';
+import { type Compiled, compile } from '../runtime/compile.js';
+import type { HostTensor } from '../runtime/session.js';
+import type { ParamValues } from '../nn/init.js';
+import { type AdamWConfig, ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarValues, clipGradNorm } from './adamw.js';
+import { type Schedule, constantLr } from './schedule.js';
+
+export interface TrainStepOptions {
+  optimizer?: Partial<AdamWConfig>;
+  /** Weight decay for a parameter (default: the optimizer's, for every parameter). */
+  weightDecayOf?: (name: string, shape: readonly number[]) => number;
+  /** Parameters left untouched (e.g. a locked image tower); baked into the session as constants. */
+  frozen?: (name: string) => boolean;
+  /** Global gradient-norm clipping threshold (off when undefined). */
+  clipNorm?: number;
+  schedule?: Schedule;
+  /** Clamp a parameter to [lo, hi] after each update (e.g. CLIP's logit_scale ≤ ln 100). */
+  clamp?: Record<string, [number, number]>;
+  /** Extra scalar/tensor outputs to fetch each step (e.g. accuracy). */
+  metrics?: Record<string, Tensor>;
+  update?: 'graph' | 'js';
+  threads?: number;
+}
+
+export interface StepResult {
+  loss: number;
+  lr: number;
+  gradNorm?: number;
+  metrics: Record<string, HostTensor>;
+}
+
+export interface OptimizerState {
+  step: number;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
+}
+
+export class TrainStep {
+  /** Completed steps (AdamW's t after the last update). */
+  t = 0;
+  private constructor(
+    private readonly c: Compiled,
+    readonly values: ParamValues,
+    readonly trainable: string[],
+    private readonly cfg: AdamWConfig,
+    private readonly o: TrainStepOptions,
+    private cur: { p: Map<string, Float32Array>; m: Map<string, Float32Array>; v: Map<string, Float32Array> },
+    private next: { p: Map<string, Float32Array>; m: Map<string, Float32Array>; v: Map<string, Float32Array> },
+    private readonly wds: Map<string, number>,
+    private readonly shapes: Map<string, readonly number[]>,
+  ) {}
+
+  static async create(g: Graph, loss: Tensor, values: ParamValues, opts: TrainStepOptions = {}): Promise<TrainStep> {
+    const cfg = { ...ADAMW_DEFAULTS, ...opts.optimizer };
+    validate(cfg);
+    const mode = opts.update ?? 'graph';
+    const specs = [...g.params.values()];
+    for (const p of specs) if (!values.has(p.name)) throw new Error(`no value for parameter '${p.name}'`);
+    const trainable = specs.filter((p) => !opts.frozen?.(p.name)).map((p) => p.name);
+    const frozenValues = new Map(specs.filter((p) => opts.frozen?.(p.name)).map((p) => [p.name, values.get(p.name)!]));
+    const params = trainable.map((n) => g.params.get(n)!.tensor);
+    let grads = gradients(loss, params);
+
+    const outputs: Record<string, Tensor> = { loss: o.reshape(loss, []) };
+    let gradNorm: Tensor | undefined;
+    if (opts.clipNorm !== undefined) {
+      const clipped = clipGradNorm(grads, g.input('opt.max_norm', [], 'float32'));
+      grads = clipped.grads;
+      gradNorm = clipped.norm;
+      outputs.grad_norm = gradNorm;
+    }
+    const wds = new Map(trainable.map((n) => [n, opts.weightDecayOf?.(n, g.params.get(n)!.shape) ?? cfg.weightDecay]));
+    if (mode === 'graph') {
+      const s = { lr: g.input('opt.lr', [], 'float32'), bc1: g.input('opt.bc1', [], 'float32'), bc2: g.input('opt.bc2', [], 'float32') };
+      trainable.forEach((name, i) => {
+        const p = params[i]!;
+        const m = g.input(`opt.m.${name}`, p.shape);
+        const v = g.input(`opt.v.${name}`, p.shape);
+        const u = adamwGraph(p, grads[i]!, m, v, s, cfg, wds.get(name)!);
+        outputs[`new.${name}`] = u.p;
+        outputs[`new.m.${name}`] = u.m;
+        outputs[`new.v.${name}`] = u.v;
+      });
+    } else {
+      trainable.forEach((name, i) => (outputs[`grad.${name}`] = grads[i]!));
+    }
+    for (const [k, t] of Object.entries(opts.metrics ?? {})) outputs[`metric.${k}`] = t;
+    const c = await compile(g, outputs, { paramValues: frozenValues, threads: opts.threads, cacheKey: false });
+    const zeros = (): Map<string, Float32Array> => new Map(trainable.map((n) => [n, new Float32Array(values.get(n)!.length)]));
+    const cur = { p: new Map(trainable.map((n) => [n, values.get(n)!])), m: zeros(), v: zeros() };
+    const next = { p: zeros(), m: zeros(), v: zeros() };
+    const shapes = new Map(specs.map((p) => [p.name, p.shape]));
+    return new TrainStep(c, values, trainable, cfg, opts, cur, next, wds, shapes);
+  }
+
+  lrAt(step: number): number {
+    return (this.o.schedule ?? constantLr(this.cfg.lr))(step);
+  }
+
+  /** One optimisation step on a batch; returns the loss before the update. */
+  async step(batch: Record<string, HostTensor>): Promise<StepResult> {
+    const lr = this.lrAt(this.t);
+    const t = this.t + 1;
+    const feeds: Record<string, HostTensor> = { ...batch };
+    for (const n of this.trainable) feeds[n] = this.host(n, this.cur.p.get(n)!);
+    if (this.o.clipNorm !== undefined) feeds['opt.max_norm'] = scalarF(this.o.clipNorm);
+    const into: Record<string, HostTensor> = {};
+    const graphUpdate = (this.o.update ?? 'graph') === 'graph';
+    if (graphUpdate) {
+      const s = adamwScalarValues(this.cfg, lr, t);
+      feeds['opt.lr'] = scalarF(s.lr);
+      feeds['opt.bc1'] = scalarF(s.bc1);
+      feeds['opt.bc2'] = scalarF(s.bc2);
+      for (const n of this.trainable) {
+        feeds[`opt.m.${n}`] = this.host(n, this.cur.m.get(n)!);
+        feeds[`opt.v.${n}`] = this.host(n, this.cur.v.get(n)!);
+        into[`new.${n}`] = this.host(n, this.next.p.get(n)!);
+        into[`new.m.${n}`] = this.host(n, this.next.m.get(n)!);
+        into[`new.v.${n}`] = this.host(n, this.next.v.get(n)!);
+      }
+    } else {
+      for (const n of this.trainable) into[`grad.${n}`] = this.host(n, this.next.p.get(n)!);
+    }
+    const res = await this.c.run(feeds, into);
+    if (graphUpdate) {
+      [this.cur, this.next] = [this.next, this.cur];
+    } else {
+      for (const n of this.trainable) {
+        adamwInPlace(this.cur.p.get(n)!, this.next.p.get(n)!, this.cur.m.get(n)!, this.cur.v.get(n)!, this.cfg, lr, t, this.wds.get(n)!);
+      }
+    }
+    for (const [name, [lo, hi]] of Object.entries(this.o.clamp ?? {})) {
+      const p = this.cur.p.get(name);
+      if (p) for (let i = 0; i < p.length; i++) p[i] = Math.min(Math.max(p[i]!, lo), hi);
+    }
+    for (const n of this.trainable) this.values.set(n, this.cur.p.get(n)!);
+    this.t = t;
+    const metrics: Record<string, HostTensor> = {};
+    for (const [k, v] of Object.entries(res)) if (k.startsWith('metric.')) metrics[k.slice(7)] = v;
+    return {
+      loss: Number(res.loss!.data[0]),
+      lr,
+      gradNorm: res.grad_norm ? Number(res.grad_norm.data[0]) : undefined,
+      metrics,
+    };
+  }
+
+  /** The optimizer state (for checkpoints): step count and both moments, by parameter name. */
+  get state(): OptimizerState {
+    return { step: this.t, m: this.cur.m, v: this.cur.v };
+  }
+
+  /** Restores a saved optimizer state (moments are copied into the live buffers). */
+  loadState(s: OptimizerState): void {
+    for (const n of this.trainable) {
+      for (const [key, src] of [['m', s.m.get(n)], ['v', s.v.get(n)]] as const) {
+        if (!src) throw new Error(`optimizer state lacks ${key} for '${n}'`);
+        const dst = this.cur[key].get(n)!;
+        if (src.length !== dst.length) throw new Error(`optimizer state ${key} for '${n}' has ${src.length} values, expected ${dst.length}`);
+        dst.set(src);
+      }
+      const p = this.values.get(n)!;
+      if (p !== this.cur.p.get(n)) this.cur.p.get(n)!.set(p);
+    }
+    this.t = s.step;
+  }
+
+  private host(name: string, data: Float32Array): HostTensor {
+    return { data, shape: this.shapes.get(name)! };
+  }
+}
+
+function scalarF(v: number): HostTensor {
+  return { data: Float32Array.of(v), shape: [] };
+}
+
+function validate(c: AdamWConfig): void {
+  const bad = (what: string): never => {
+    throw new Error(`AdamW: ${what}`);
+  };
+  if (!(c.lr >= 0) || !Number.isFinite(c.lr)) bad(`lr must be a finite number ≥ 0, got ${c.lr}`);
+  if (!Array.isArray(c.betas) || c.betas.length !== 2 || c.betas.some((b) => !(b >= 0 && b < 1))) bad(`betas must be two numbers in [0, 1), got ${JSON.stringify(c.betas)}`);
+  if (!(c.eps > 0)) bad(`eps must be > 0, got ${c.eps}`);
+  if (!(c.weightDecay >= 0) || !Number.isFinite(c.weightDecay)) bad(`weightDecay must be ≥ 0, got ${c.weightDecay}`);
+}
