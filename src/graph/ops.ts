@@ -266,8 +266,17 @@ export function expand(x: T, shape: Shape, like?: T): T {
   const needsRuntime = shape.some((d, i) => typeof d !== 'number' && x.shape[i - off] !== d);
   let spec: T;
   if (needsRuntime) {
-    if (!like || !sameShape(like.shape, shape)) fail('Expand', [x], `expanding to symbolic [${shape}] needs a tensor of that shape`);
-    spec = x.graph.addNode('Shape', [like], [{ shape: [like.rank], dtype: 'int64' }])[0]!;
+    // Each symbolic target dim is read at run time from the same symbol's position in `like`.
+    if (!like) fail('Expand', [x], `expanding to symbolic [${shape}] needs a tensor that carries those dims`);
+    const g = x.graph;
+    const likeShape = g.addNode('Shape', [like], [{ shape: [like.rank], dtype: 'int64' }])[0]!;
+    const parts = shape.map((d) => {
+      if (typeof d === 'number') return ints(g, [d]);
+      const j = like.shape.indexOf(d);
+      if (j < 0) fail('Expand', [x, like], `the symbolic dim '${d}' is not in the reference tensor`);
+      return gather(likeShape, ints(g, [j]), 0);
+    });
+    spec = concat(parts, 0);
   } else {
     spec = ints(x.graph, shape.map((d) => (typeof d === 'number' ? d : 1)));
   }

@@ -59,20 +59,38 @@ export function mlp(g: Graph, name: string, x: T, hidden: number, act: Activatio
  * in_proj_bias, out_proj.weight/bias). x: [N, T, D]; mask: additive [T, T] (e.g. causal) or null.
  */
 export function selfAttention(g: Graph, name: string, x: T, heads: number, mask: T | null, std?: { in?: number; out?: number }): T {
-  const [n, t, d] = x.shape as [number | string, number, number];
+  return crossAttention(g, name, x, x, heads, mask, std);
+}
+
+/**
+ * Multi-head attention of queries q [N, S, D] over keys/values kv [N, T, D], with the packed
+ * in_proj of torch.nn.MultiheadAttention (q, k and v rows stacked in in_proj_weight).
+ */
+export function crossAttention(g: Graph, name: string, q: T, kv: T, heads: number, mask: T | null = null, std?: { in?: number; out?: number }): T {
+  const [n, s, d] = q.shape as [number | string, number, number];
+  const t = kv.shape[1] as number;
   if (d % heads !== 0) throw new Error(`attention '${g.scoped(name)}': width ${d} is not divisible by ${heads} heads`);
   const hd = d / heads;
   return g.scope(name, () => {
     const wIn = g.param('in_proj_weight', [3 * d, d], std?.in ? { kind: 'normal', std: std.in } : { kind: 'xavier_uniform', fanIn: d, fanOut: d });
     const bIn = g.param('in_proj_bias', [3 * d], { kind: 'zeros' });
-    const qkv = linearWith(x, wIn, bIn); // [N, T, 3D]
-    // [N, T, 3, H, hd] → [3, N, H, T, hd]
-    const split = o.transpose(o.reshape(qkv, [n, t, 3, heads, hd]), [2, 0, 3, 1, 4]);
-    const [q, k, v] = o.split(split, 0, [1, 1, 1]).map((z) => o.squeeze(z, [0])) as [T, T, T];
-    let scores = o.matmul(o.mul(q, 1 / Math.sqrt(hd)), o.transpose(k, [0, 1, 3, 2])); // [N, H, T, T]
+    const heads4 = (z: T, len: number): T => o.transpose(o.reshape(z, [n, len, heads, hd]), [0, 2, 1, 3]); // [N, H, len, hd]
+    let qh: T, kh: T, vh: T;
+    if (q === kv) {
+      // One matmul for q, k and v: [N, T, 3D] → [3, N, H, T, hd].
+      const qkv = o.transpose(o.reshape(linearWith(q, wIn, bIn), [n, s, 3, heads, hd]), [2, 0, 3, 1, 4]);
+      [qh, kh, vh] = o.split(qkv, 0, [1, 1, 1]).map((z) => o.squeeze(z, [0])) as [T, T, T];
+    } else {
+      const [wq, wkv] = o.split(wIn, 0, [d, 2 * d]);
+      const [bq, bkv] = o.split(bIn, 0, [d, 2 * d]);
+      qh = heads4(linearWith(q, wq!, bq!), s);
+      const kvp = o.transpose(o.reshape(linearWith(kv, wkv!, bkv!), [n, t, 2, heads, hd]), [2, 0, 3, 1, 4]);
+      [kh, vh] = o.split(kvp, 0, [1, 1]).map((z) => o.squeeze(z, [0])) as [T, T];
+    }
+    let scores = o.matmul(o.mul(qh, 1 / Math.sqrt(hd)), o.transpose(kh, [0, 1, 3, 2])); // [N, H, S, T]
     if (mask) scores = o.add(scores, mask);
-    const attn = o.matmul(o.softmax(scores, -1), v); // [N, H, T, hd]
-    const merged = o.reshape(o.transpose(attn, [0, 2, 1, 3]), [n, t, d]);
+    const attn = o.matmul(o.softmax(scores, -1), vh); // [N, H, S, hd]
+    const merged = o.reshape(o.transpose(attn, [0, 2, 1, 3]), [n, s, d]);
     return linear(g, 'out_proj', merged, d, { std: std?.out });
   });
 }
