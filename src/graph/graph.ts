@@ -90,6 +90,12 @@ export class Graph {
   private names = new Set<string>();
   private scopes: string[] = [];
 
+  /**
+   * 'infer' lets layers use fused contrib kernels that have no gradient rules (a graph that will never
+   * be differentiated); 'train' (the default) keeps to ops the autodiff knows.
+   */
+  mode: 'train' | 'infer' = 'train';
+
   constructor(readonly name = 'clipkit') {}
 
   /** A named graph input. Symbolic dims (strings) are resolved by ONNX Runtime at run time. */

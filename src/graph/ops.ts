@@ -479,3 +479,16 @@ export function sizeAlong(x: T, axes: readonly number[], dtype: DType = x.dtype)
   const prod = g.addNode('ReduceProd', [dims], [{ shape: [], dtype: 'int64' }], { keepdims: { i: 0 } })[0]!;
   return cast(prod, dtype);
 }
+
+/**
+ * com.microsoft.Attention: fused multi-head self-attention for inference (QKV projection, scaled
+ * dot product, softmax, weighted sum) with weights [D, 3D] and bias [3D]; `causal` masks the future
+ * (unidirectional). It has no gradient rule: training graphs use the unfused ops.
+ */
+export function fusedAttention(x: T, w: T, b: T, heads: number, causal: boolean): T {
+  const d = x.shape[2] as number;
+  if (x.rank !== 3 || w.rank !== 2 || w.shape[0] !== d || w.shape[1] !== 3 * d || b.shape[0] !== 3 * d) {
+    fail('Attention', [x, w, b], `expects x [N, T, D], weights [D, 3D], bias [3D]`);
+  }
+  return x.graph.addNode('Attention', [x, w, b], [{ shape: x.shape, dtype: x.dtype }], { num_heads: { i: heads }, unidirectional: { i: causal ? 1 : 0 } }, MS)[0]!;
+}

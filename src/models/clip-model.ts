@@ -115,6 +115,7 @@ export class ClipModel {
     const hit = this.compiled.get(kind);
     if (hit && hit.version === this.version) return hit.c;
     const g = new Graph(kind === 'image' ? 'clip-image' : 'clip-text');
+    g.mode = 'infer';
     const s = this.config.vision.imageSize;
     const out =
       kind === 'image'

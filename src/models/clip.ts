@@ -64,7 +64,7 @@ export function encodeTextGraph(g: Graph, ids: Tensor, c: ClipConfig): Tensor {
     g,
     'transformer',
     x,
-    { width: W, layers: t.layers, heads: t.heads, mlpRatio: t.mlpRatio, act: t.act, initStd: { attn: W ** -0.5, proj: projStd, fc: (2 * W) ** -0.5 } },
+    { width: W, layers: t.layers, heads: t.heads, mlpRatio: t.mlpRatio, act: t.act, causal: true, initStd: { attn: W ** -0.5, proj: projStd, fc: (2 * W) ** -0.5 } },
     causalMask(g, len),
   );
   x = layerNorm(g, 'ln_final', x);
