@@ -113,3 +113,42 @@ for (const cfg of ['a', 'b']) {
     assert.deepEqual(noDecay, [...meta.train_step.no_decay_params].sort());
   });
 }
+
+for (const cfg of ['a', 'b']) {
+  test(`config ${cfg}: GradCache accumulation (2 micro-batches of 2) gives PyTorch's full-batch gradient`, async () => {
+    const meta = JSON.parse(readFileSync(join(FIX, `clip_${cfg}.json`), 'utf8'));
+    const { GradCache } = await import('../src/train/gradcache.js');
+    const model = await loadClip(join(FIX, `clip_${cfg}.safetensors`), { config: meta.openclip_config });
+    const b = await batch(cfg);
+    const gc = await GradCache.create(model, { micro: 2, batch: 4, textLength: b.tokens.shape[1]!, loss: 'clip', frozen: () => false });
+    const loss = await gc.run(b.pixels.data, b.tokens.data);
+    assert.ok(Math.abs(loss - meta.train_step.loss_value) < 1e-5, `loss ${loss}`);
+    const ref = await readAll(`clip_${cfg}_grads.safetensors`);
+    for (const [name, theirs] of ref) {
+      const ours = gc.grads.get(name)!;
+      let worst = 0;
+      let scaleRef = 0;
+      for (let j = 0; j < ours.length; j++) {
+        worst = Math.max(worst, Math.abs(ours[j]! - theirs[j]!));
+        scaleRef = Math.max(scaleRef, Math.abs(theirs[j]!));
+      }
+      assert.ok(worst <= Math.max(1e-5, 1e-4 * scaleRef), `${name}: max |Δ| ${worst.toExponential(2)}`);
+    }
+  });
+}
+
+test('a trainer with accumFreq follows the same loss trajectory as the plain full-batch trainer', async () => {
+  const meta = JSON.parse(readFileSync(join(FIX, 'clip_a.json'), 'utf8'));
+  const b = await batch('a');
+  const run = async (accumFreq: number) => {
+    const model = await loadClip(join(FIX, 'clip_a.safetensors'), { config: meta.openclip_config });
+    const trainer = createClipTrainer(model, { optimizer: { lr: 1e-3 }, accumFreq, clipNorm: 1 });
+    const losses: number[] = [];
+    for (let i = 0; i < 4; i++) losses.push((await trainer.step(b)).loss);
+    return losses;
+  };
+  const full = await run(1);
+  const acc = await run(2);
+  assert.ok(full[3]! < full[0]!, 'the loss falls');
+  full.forEach((l, i) => assert.ok(Math.abs(l - acc[i]!) < 2e-4, `step ${i}: ${l} vs ${acc[i]}`));
+});

@@ -7,6 +7,7 @@ import type { AdamWConfig } from '../optim/adamw.js';
 import type { Schedule } from '../optim/schedule.js';
 import { type OptimizerState, TrainStep } from '../optim/step.js';
 import type { HostTensor } from '../runtime/session.js';
+import { GradCache, applyAdamW } from './gradcache.js';
 import { type ContrastiveLoss, clipLoss, multiPositiveLoss, positiveTargets, sigLipLoss } from './losses.js';
 
 export interface ClipTrainerOptions {
@@ -21,6 +22,11 @@ export interface ClipTrainerOptions {
   /** Override OpenCLIP's decay grouping: the weight decay of each parameter. */
   weightDecayOf?: (name: string, shape: readonly number[]) => number;
   threads?: number;
+  /**
+   * Split each batch into this many micro-batches and accumulate with GradCache: the loss and its
+   * gradient stay those of the full batch, memory that of one micro-batch (OpenCLIP's --accum-freq).
+   */
+  accumFreq?: number;
 }
 
 export interface ClipBatch {
@@ -43,6 +49,9 @@ export const LOGIT_SCALE_MAX = Math.log(100);
 export class ClipTrainer {
   private steps = new Map<string, Promise<TrainStep>>();
   private last: TrainStep | undefined;
+  private caches = new Map<string, Promise<GradCache>>();
+  /** Optimizer state of the accumulation path (AdamW runs in place there). */
+  private acc: OptimizerState = { step: 0, m: new Map(), v: new Map() };
 
   constructor(
     readonly model: ClipModel,
@@ -52,11 +61,13 @@ export class ClipTrainer {
     if (!['clip', 'siglip', 'multipos'].includes(loss)) throw new Error(`createClipTrainer: unknown loss '${loss}' (clip, siglip or multipos)`);
     if (loss === 'siglip' && model.config.initLogitBias === undefined) throw new Error('createClipTrainer: the SigLIP loss needs a model with a logit bias (init_logit_bias in its config)');
     if (options.lockImage && options.lockText) throw new Error('createClipTrainer: both towers are locked; nothing would train');
+    const k = options.accumFreq ?? 1;
+    if (!Number.isInteger(k) || k < 1) throw new Error(`createClipTrainer: accumFreq must be a positive integer, got ${k}`);
   }
 
   /** Completed optimisation steps. */
   get stepCount(): number {
-    return this.last?.t ?? 0;
+    return (this.options.accumFreq ?? 1) > 1 ? this.acc.step : (this.last?.t ?? 0);
   }
 
   /** One step on a batch of N pairs; resolves to the loss before the update. */
@@ -70,6 +81,7 @@ export class ClipTrainer {
     if (tokens.shape.length !== 2 || tokens.shape[0] !== n) throw new Error(`trainer.step: tokens must be [${n}, L], got [${tokens.shape}]`);
     if (n < 2) throw new Error('trainer.step: a contrastive batch needs at least 2 pairs');
     const len = tokens.shape[1]!;
+    if ((this.options.accumFreq ?? 1) > 1) return this.accumulatedStep(batch, n, len);
     const ts = await this.stepFor(n, len);
     const feeds: Record<string, HostTensor> = {
       pixels: { data: pixels.data, shape: pixels.shape },
@@ -84,12 +96,50 @@ export class ClipTrainer {
     return { loss: r.loss, lr: r.lr, gradNorm: r.gradNorm };
   }
 
+  private async accumulatedStep(batch: ClipBatch, n: number, len: number): Promise<{ loss: number; lr: number; gradNorm: number }> {
+    const o = this.options;
+    const k = o.accumFreq!;
+    if (n % k !== 0) throw new Error(`trainer.step: batch ${n} is not divisible into ${k} micro-batches`);
+    const key = `${n}x${len}`;
+    let p = this.caches.get(key);
+    if (!p) {
+      p = GradCache.create(this.model, { micro: n / k, batch: n, textLength: len, loss: o.loss ?? 'clip', frozen: this.frozen, threads: o.threads });
+      this.caches.set(key, p);
+    }
+    const gc = await p;
+    if ((o.loss ?? 'clip') === 'multipos' && (!batch.groups || batch.groups.length !== n)) throw new Error('trainer.step: the multi-positive loss needs `groups`');
+    const ids = batch.tokens.data instanceof BigInt64Array ? batch.tokens.data : BigInt64Array.from(batch.tokens.data, (v) => BigInt(v));
+    const loss = await gc.run(batch.pixels.data, ids, batch.groups);
+    const cfg = { ...OPENCLIP_ADAMW, ...o.optimizer };
+    const lr = o.schedule ? o.schedule(this.acc.step) : cfg.lr;
+    const shapes = this.shapes();
+    const wdOf = (name: string): number => (o.weightDecayOf ?? ((nm, sh) => (openClipExcluded(nm, sh) ? 0 : cfg.weightDecay)))(name, shapes.get(name)!);
+    const gradNorm = applyAdamW(this.model.params, gc.grads, this.acc.m, this.acc.v, cfg, lr, this.acc.step + 1, wdOf, o.clipNorm);
+    const ls = this.model.params.get('logit_scale')!;
+    ls[0] = Math.min(Math.max(ls[0]!, 0), LOGIT_SCALE_MAX);
+    this.acc.step++;
+    this.model.markUpdated();
+    return { loss, lr, gradNorm };
+  }
+
+  private shapeMap?: Map<string, readonly number[]>;
+  private shapes(): Map<string, readonly number[]> {
+    return (this.shapeMap ??= new Map([...fullClipGraph(this.model.config).g.params.values()].map((p) => [p.name, p.shape])));
+  }
+
+  private readonly frozen = (name: string): boolean =>
+    (!!this.options.lockImage && name.startsWith('visual.')) || (!!this.options.lockText && !name.startsWith('visual.') && !name.startsWith('logit_'));
+
   /** Optimizer state for checkpoints. */
   get optimizerState(): OptimizerState | undefined {
-    return this.last?.state;
+    return (this.options.accumFreq ?? 1) > 1 ? this.acc : this.last?.state;
   }
 
   async loadOptimizerState(s: OptimizerState, shape: { batch: number; textLength: number }): Promise<void> {
+    if ((this.options.accumFreq ?? 1) > 1) {
+      this.acc = { step: s.step, m: new Map([...s.m].map(([k, v]) => [k, Float32Array.from(v)])), v: new Map([...s.v].map(([k, v]) => [k, Float32Array.from(v)])) };
+      return;
+    }
     const ts = await this.stepFor(shape.batch, shape.textLength);
     ts.loadState(s);
   }
@@ -122,7 +172,7 @@ export class ClipTrainer {
     return TrainStep.create(g, loss, this.model.params, {
       optimizer,
       weightDecayOf: o.weightDecayOf ?? ((name, shape) => (openClipExcluded(name, shape) ? 0 : optimizer.weightDecay)),
-      frozen: (name) => (!!o.lockImage && name.startsWith('visual.')) || (!!o.lockText && !name.startsWith('visual.') && !name.startsWith('logit_')),
+      frozen: this.frozen,
       clipNorm: o.clipNorm,
       schedule: o.schedule,
       clamp: { logit_scale: [0, LOGIT_SCALE_MAX] },
