@@ -10,6 +10,7 @@ export interface Command {
 /** name → loader (lazy, so `clipkit --help` does not load onnxruntime or sharp). */
 const COMMANDS: Record<string, () => Promise<Command>> = {
   info: async () => (await import('./commands/info.js')).default,
+  eval: async () => (await import('./commands/eval.js')).default,
 };
 
 async function main(argv: string[]): Promise<void> {
