@@ -91,9 +91,18 @@ export class ClipModel {
         throw new Error(`encodeText: token id ${ids[i]} at [${Math.floor(i / shape[1]!)}, ${i % shape[1]!}] is outside the vocabulary [0, ${t.vocabSize})`);
       }
     }
-    const len = shape[1]!;
+    // The tower is causal and reads the features at the end token (the largest id), so positions
+    // after the last end token in the batch cannot change the result: trim them.
+    let last = 0;
+    for (let r = 0; r < shape[0]!; r++) {
+      let best = 0;
+      for (let c = 1; c < shape[1]!; c++) if (ids[r * shape[1]! + c]! > ids[r * shape[1]! + best]!) best = c;
+      last = Math.max(last, best);
+    }
+    const len = last + 1;
+    const trimmed = len === shape[1] ? ids : trimColumns(ids, shape[0]!, shape[1]!, len);
     return this.batched(`text:${len}`, shape[0]!, this.options.maxBatch ?? 256, (lo, hi) => ({
-      input_ids: { data: ids.subarray(lo * len, hi * len), shape: [hi - lo, len] },
+      input_ids: { data: trimmed.subarray(lo * len, hi * len), shape: [hi - lo, len] },
     }));
   }
 
@@ -171,4 +180,10 @@ function existsAsFile(p: string): boolean {
   } catch {
     return false;
   }
+}
+
+function trimColumns(ids: BigInt64Array, rows: number, cols: number, keep: number): BigInt64Array {
+  const out = new BigInt64Array(rows * keep);
+  for (let r = 0; r < rows; r++) out.set(ids.subarray(r * cols, r * cols + keep), r * keep);
+  return out;
 }
