@@ -10,7 +10,12 @@ export interface Command {
 /** name → loader (lazy, so `clipkit --help` does not load onnxruntime or sharp). */
 const COMMANDS: Record<string, () => Promise<Command>> = {
   info: async () => (await import('./commands/info.js')).default,
+  index: async () => (await import('./commands/index-cmd.js')).default,
+  search: async () => (await import('./commands/search.js')).default,
+  train: async () => (await import('./commands/train.js')).default,
   eval: async () => (await import('./commands/eval.js')).default,
+  vae: async () => (await import('./commands/vae.js')).default,
+  export: async () => (await import('./commands/export.js')).default,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -10,6 +10,7 @@ import { type ParamValues, initParams } from '../nn/init.js';
 import { type Compiled, compile } from '../runtime/compile.js';
 import { type ClipConfig, encodeImageGraph, encodeTextGraph, fullClipGraph, validateClip } from './clip.js';
 import { toHfConfig, toOpenClip } from './config.js';
+import { type ExportMetadata, type ExportOptions, exportClip } from './export.js';
 
 export interface Features {
   data: Float32Array;
@@ -133,6 +134,14 @@ export class ClipModel {
     const c = compile(g, { features: out }, { paramValues: this.params, threads: this.options.threads, cacheKey: false });
     this.compiled.set(kind, { version: this.version, c });
     return c;
+  }
+
+  /**
+   * Writes the towers as standalone ONNX models, `<dir>/vision.onnx` (pixels → image_embeds) and
+   * `<dir>/text.onnx` (input_ids → text_embeds), with `<dir>/clipkit-export.json` describing them.
+   */
+  exportOnnx(dir: string, o?: ExportOptions): Promise<ExportMetadata> {
+    return exportClip(this, dir, o);
   }
 
   /**
