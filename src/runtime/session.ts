@@ -21,6 +21,8 @@ export interface SessionOptions {
   providers?: string[];
   /** Key for the session cache; default: a hash of the model bytes. Set false to skip the cache. */
   cacheKey?: string | false;
+  /** Write ONNX Runtime's per-op profile (JSON) with this file prefix; see Session.endProfiling. */
+  profile?: string;
 }
 
 const ORT_TYPE: Record<DType, ort.Tensor.Type> = {
@@ -62,6 +64,7 @@ export class Session {
       executionMode: 'sequential',
       graphOptimizationLevel: o.optLevel ?? 'all',
       executionProviders: o.providers ?? ['cpu'],
+      ...(o.profile ? { enableProfiling: true, profileFilePrefix: o.profile } : {}),
     };
     let inner: ort.InferenceSession;
     try {
@@ -104,6 +107,11 @@ export class Session {
       out[name] = { data: t.data as AnyTypedArray, shape: [...t.dims], dtype: t.type as DType };
     }
     return out;
+  }
+
+  /** Ends profiling (sessions created with `profile`); ORT writes the JSON file. */
+  endProfiling(): void {
+    this.inner.endProfiling();
   }
 
   async release(): Promise<void> {

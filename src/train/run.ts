@@ -1,7 +1,7 @@
 // A CLIP training run: data → trainer → periodic zero-shot evaluation, metrics (JSONL), curves (SVG),
 // atomic checkpoints and exact resume. The run folder holds config.json, metrics.jsonl, curves.svg,
 // checkpoint.safetensors and, at the end, model/ (OpenCLIP layout + tokenizer.json).
-import { existsSync, mkdirSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type IndexedSource, type Source, captionTable, imageFolder, webDataset } from '../data/datasets.js';
 import { DataLoader } from '../data/loader.js';
@@ -14,8 +14,7 @@ import { constantLr, warmupCosine } from '../optim/schedule.js';
 import { type ClipTokenizer, loadTokenizer, trainBpe } from '../tokenizer/index.js';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { createClipTrainer } from './clip-trainer.js';
-import { curvesSvg } from './plot.js';
-import { Progress } from './progress.js';
+import { trainLoop } from './loop.js';
 
 export interface RunConfig {
   data: string;
@@ -189,84 +188,49 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
     return { top1: r.top1, top5: r.top5 };
   };
 
-  const metricsPath = join(cfg.out, 'metrics.jsonl');
-  const history = resumed ? readHistory(metricsPath, resumed.optimizer.step) : { loss: [] as [number, number][], acc: [] as [number, number][] };
-  const writeCurves = (): void =>
-    writeFileSync(join(cfg.out, 'curves.svg'), curvesSvg([{ title: 'training loss', points: history.loss }, { title: 'held-out zero-shot top-1', points: history.acc, yRange: [0, 1] }]));
-
-  let step = trainer.stepCount;
-  let { epoch, batch: startBatch } = resumed?.position ?? { epoch: 0, batch: 0 };
-  const started = Date.now() - ((resumed?.extra.elapsedMs as number | undefined) ?? 0);
-  const progress = new Progress(total);
-  let lastLoss = NaN;
-  let lastEval: { top1: number; top5: number } | undefined;
-  const save = async (): Promise<void> => {
-    const state = trainer.optimizerState ?? { step, m: new Map(), v: new Map() };
-    await saveCheckpoint(ckptPath, { config: model.config, params: model.params, optimizer: state, position: { epoch, batch: startBatch }, extra: { totalSteps: total, elapsedMs: Date.now() - started, seed: cfg.seed } });
+  const groupsOf = (labels: Int32Array, captions: string[]): ArrayLike<number> => {
+    if (labels.every((l) => l >= 0)) return labels;
+    const ids = new Map<string, number>();
+    return captions.map((c) => ids.get(c) ?? ids.set(c, ids.size).get(c)!);
   };
-
+  let result;
   try {
-    outer: for (;;) {
-      for await (const b of loader.batches(epoch, startBatch)) {
-        const t0 = Date.now();
-        const r = await trainer.step({ pixels: b.pixels, tokens: b.tokens, groups: b.labels });
-        step = trainer.stepCount;
-        startBatch = b.index + 1;
-        lastLoss = r.loss;
-        const elapsed = Date.now() - started;
-        // With a time budget, fix the schedule's length once the step time is known (step 20).
-        if (!total && timeBudget && step === 20) {
-          total = Math.max(step + 1, Math.floor((timeBudget / elapsed) * step));
-          schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, total), total);
-          progress.total = total;
-          log(`time budget ${cfg.minutes} min → ${total} steps`);
-        }
-        const rec = { step, epoch, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, samplesPerSec: cfg.batchSize / ((Date.now() - t0) / 1e3), elapsedSec: elapsed / 1e3, skipped: loader.stats.skipped };
-        appendFileSync(metricsPath, `${JSON.stringify(rec)}\n`);
-        history.loss.push([step, r.loss]);
-        progress.update(step, { loss: r.loss, lr: r.lr, samplesPerSec: (step * cfg.batchSize) / (elapsed / 1e3) });
-        const done = (total !== undefined && step >= total) || (timeBudget !== undefined && !total && elapsed >= timeBudget);
-        if (cfg.evalEvery > 0 && (step % cfg.evalEvery === 0 || done)) {
-          lastEval = await evaluate();
-          if (lastEval) {
-            history.acc.push([step, lastEval.top1]);
-            appendFileSync(metricsPath, `${JSON.stringify({ step, eval: { zeroShot: lastEval } })}\n`);
-            progress.note(`step ${step}: held-out zero-shot top-1 ${(lastEval.top1 * 100).toFixed(1)}%, top-5 ${(lastEval.top5 * 100).toFixed(1)}%`);
-          }
-        }
-        if (step % cfg.saveEvery === 0 || done) {
-          await save();
-          writeCurves();
-        }
-        if (done) break outer;
-      }
-      epoch++;
-      startBatch = 0;
-    }
+    result = await trainLoop({
+      out: cfg.out,
+      loader,
+      batchSize: cfg.batchSize,
+      totalSteps: total,
+      timeBudgetMs: total ? undefined : timeBudget,
+      evalEvery: cfg.evalEvery,
+      saveEvery: cfg.saveEvery,
+      start: { step: trainer.stepCount, epoch: resumed?.position.epoch ?? 0, batch: resumed?.position.batch ?? 0, elapsedMs: (resumed?.extra.elapsedMs as number | undefined) ?? 0 },
+      step: (b) => trainer.step({ pixels: b.pixels, tokens: b.tokens, groups: groupsOf(b.labels, b.captions) }),
+      onTotal: (t) => {
+        total = t;
+        schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, t), t);
+      },
+      evaluate,
+      evalKey: 'top1',
+      evalTitle: 'held-out zero-shot top-1',
+      save: async (st) => {
+        const state = trainer.optimizerState ?? { step: st.step, m: new Map(), v: new Map() };
+        await saveCheckpoint(ckptPath, {
+          config: model.config,
+          params: model.params,
+          optimizer: state,
+          position: { epoch: st.epoch, batch: st.batch },
+          extra: { totalSteps: st.totalSteps, elapsedMs: st.elapsedMs, seed: cfg.seed },
+        });
+      },
+      log,
+    });
   } finally {
-    progress.end();
     await loader.close();
     await evalLoader?.close();
   }
   const modelDir = join(cfg.out, 'model');
   await model.save(modelDir);
   tok.save(join(modelDir, 'tokenizer.json'));
-  writeCurves();
-  return { steps: step, seconds: (Date.now() - started) / 1e3, finalLoss: lastLoss, zeroShot: lastEval, modelDir };
-}
-
-function readHistory(path: string, upTo: number): { loss: [number, number][]; acc: [number, number][] } {
-  const h = { loss: [] as [number, number][], acc: [] as [number, number][] };
-  if (!existsSync(path)) return h;
-  const kept: string[] = [];
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    if (!line.trim()) continue;
-    const r = JSON.parse(line) as { step: number; loss?: number; eval?: { zeroShot: { top1: number } } };
-    if (r.step > upTo) continue; // steps after the checkpoint are replayed
-    kept.push(line);
-    if (r.loss !== undefined) h.loss.push([r.step, r.loss]);
-    if (r.eval) h.acc.push([r.step, r.eval.zeroShot.top1]);
-  }
-  writeFileSync(path, kept.map((l) => `${l}\n`).join(''));
-  return h;
+  const z = result.lastEval;
+  return { steps: result.steps, seconds: result.seconds, finalLoss: result.finalLoss, zeroShot: z ? { top1: z.top1!, top5: z.top5! } : undefined, modelDir };
 }

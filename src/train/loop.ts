@@ -1,0 +1,120 @@
+// The training loop shared by every trainer (CLIP, ViT classification): epochs over a DataLoader
+// from a resumable position, a time budget that fits the schedule's length, periodic evaluation,
+// JSONL metrics, SVG curves, atomic checkpoints, and a progress line.
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Batch, DataLoader } from '../data/loader.js';
+import { curvesSvg } from './plot.js';
+import { Progress } from './progress.js';
+
+export interface LoopOptions {
+  out: string;
+  loader: DataLoader;
+  batchSize: number;
+  /** Stop after this many steps (epochs × batches per epoch, or --max-steps). */
+  totalSteps?: number;
+  /** Or stop when this many milliseconds have passed; the step count is then fitted at step 20. */
+  timeBudgetMs?: number;
+  evalEvery: number;
+  saveEvery: number;
+  /** Where to start (from a checkpoint): the step count, data position and elapsed time. */
+  start: { step: number; epoch: number; batch: number; elapsedMs: number };
+  step(b: Batch): Promise<{ loss: number; lr: number; gradNorm?: number }>;
+  /** Called once the number of steps is known (to fit a schedule to a time budget). */
+  onTotal?(total: number): void;
+  evaluate?(): Promise<Record<string, number> | undefined>;
+  /** The metric plotted as the second curve (e.g. 'top1'). */
+  evalKey?: string;
+  evalTitle?: string;
+  save(state: { step: number; epoch: number; batch: number; elapsedMs: number; totalSteps?: number }): Promise<void>;
+  log?(s: string): void;
+}
+
+export interface LoopResult {
+  steps: number;
+  seconds: number;
+  finalLoss: number;
+  lastEval?: Record<string, number>;
+}
+
+export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
+  const metricsPath = join(o.out, 'metrics.jsonl');
+  const history = readHistory(metricsPath, o.start.step, o.evalKey ?? 'top1');
+  const writeCurves = (): void =>
+    writeFileSync(
+      join(o.out, 'curves.svg'),
+      curvesSvg([
+        { title: 'training loss', points: history.loss },
+        { title: o.evalTitle ?? 'held-out top-1', points: history.acc, yRange: [0, 1] },
+      ]),
+    );
+  let total = o.totalSteps;
+  let { step, epoch, batch: nextBatch } = o.start;
+  const started = Date.now() - o.start.elapsedMs;
+  const progress = new Progress(total);
+  let lastLoss = NaN;
+  let lastEval: Record<string, number> | undefined;
+  const save = async (): Promise<void> => {
+    await o.save({ step, epoch, batch: nextBatch, elapsedMs: Date.now() - started, totalSteps: total });
+    writeCurves();
+  };
+  try {
+    outer: for (;;) {
+      let any = false;
+      for await (const b of o.loader.batches(epoch, nextBatch)) {
+        any = true;
+        const t0 = Date.now();
+        const r = await o.step(b);
+        step++;
+        nextBatch = b.index + 1;
+        lastLoss = r.loss;
+        if (!Number.isFinite(r.loss)) throw new Error(`the loss became ${r.loss} at step ${step}; lower the learning rate or enable --clip-norm`);
+        const elapsed = Date.now() - started;
+        if (total === undefined && o.timeBudgetMs !== undefined && step === Math.min(20, o.start.step + 20)) {
+          total = Math.max(step + 1, Math.floor((o.timeBudgetMs / elapsed) * step));
+          progress.total = total;
+          o.onTotal?.(total);
+          o.log?.(`time budget ${(o.timeBudgetMs / 60_000).toFixed(1)} min → ${total} steps`);
+        }
+        appendFileSync(metricsPath, `${JSON.stringify({ step, epoch, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, samplesPerSec: o.batchSize / ((Date.now() - t0) / 1e3), elapsedSec: elapsed / 1e3, skipped: o.loader.stats.skipped })}\n`);
+        history.loss.push([step, r.loss]);
+        progress.update(step, { loss: r.loss, lr: r.lr, samplesPerSec: ((step - o.start.step) * o.batchSize) / ((Date.now() - started - o.start.elapsedMs) / 1e3) });
+        const done = total !== undefined && step >= total;
+        if (o.evaluate && o.evalEvery > 0 && (step % o.evalEvery === 0 || done)) {
+          lastEval = await o.evaluate();
+          if (lastEval) {
+            history.acc.push([step, lastEval[o.evalKey ?? 'top1']!]);
+            appendFileSync(metricsPath, `${JSON.stringify({ step, eval: lastEval })}\n`);
+            progress.note(`step ${step}: ${Object.entries(lastEval).map(([k, v]) => `${k} ${(v * 100).toFixed(1)}%`).join(', ')}`);
+          }
+        }
+        if (step % o.saveEvery === 0 || done) await save();
+        if (done) break outer;
+      }
+      if (!any && nextBatch === 0) throw new Error('the data source yielded no batch (fewer samples than one batch?)');
+      epoch++;
+      nextBatch = 0;
+    }
+  } finally {
+    progress.end();
+  }
+  writeCurves();
+  return { steps: step, seconds: (Date.now() - started) / 1e3, finalLoss: lastLoss, lastEval };
+}
+
+/** Loss and eval history up to `upTo` (later lines are dropped: those steps will be replayed). */
+function readHistory(path: string, upTo: number, key: string): { loss: [number, number][]; acc: [number, number][] } {
+  const h = { loss: [] as [number, number][], acc: [] as [number, number][] };
+  if (!existsSync(path)) return h;
+  const kept: string[] = [];
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    const r = JSON.parse(line) as { step: number; loss?: number; eval?: Record<string, number> };
+    if (r.step > upTo) continue;
+    kept.push(line);
+    if (r.loss !== undefined) h.loss.push([r.step, r.loss]);
+    if (r.eval && r.eval[key] !== undefined) h.acc.push([r.step, r.eval[key]!]);
+  }
+  writeFileSync(path, kept.map((l) => `${l}\n`).join(''));
+  return h;
+}
