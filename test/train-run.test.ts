@@ -28,7 +28,7 @@ before(async () => {
     }
   }
   writeFileSync(join(dir, 'bad.png'), 'not an image');
-  writeFileSync(join(data, 'red_thing', 'aaa_corrupt.png'), 'not an image');
+  writeFileSync(join(data, 'red_thing', '+corrupt.png'), 'not an image');
   modelCfg = join(dir, 'tiny.json');
   writeFileSync(modelCfg, JSON.stringify({ embed_dim: 16, vision_cfg: { image_size: 16, layers: 1, width: 32, patch_size: 8, head_width: 16 }, text_cfg: { context_length: 12, vocab_size: 600, width: 32, heads: 2, layers: 1 } }));
 });
