@@ -13,9 +13,12 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   index: async () => (await import('./commands/index-cmd.js')).default,
   search: async () => (await import('./commands/search.js')).default,
   train: async () => (await import('./commands/train.js')).default,
+  vit: async () => (await import('./commands/vit.js')).default,
   eval: async () => (await import('./commands/eval.js')).default,
   vae: async () => (await import('./commands/vae.js')).default,
   export: async () => (await import('./commands/export.js')).default,
+  classify: async () => (await import('./commands/classify.js')).default,
+  serve: async () => (await import('./commands/serve.js')).default,
 };
 
 async function main(argv: string[]): Promise<void> {

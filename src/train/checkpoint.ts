@@ -2,12 +2,12 @@
 // the run config, in one safetensors file written atomically (a temporary file, fsync, then rename —
 // see writeSafetensors), so a crash or SIGKILL mid-save leaves the previous checkpoint intact.
 import { SafetensorsFile, writeSafetensors } from '../checkpoint/safetensors.js';
-import type { ClipConfig } from '../models/clip.js';
-import { fromOpenClip, toOpenClip } from '../models/config.js';
 import type { OptimizerState } from '../optim/step.js';
 
 export interface TrainState {
-  config: ClipConfig;
+  /** What was trained ('clip', 'vit') and its architecture, as JSON (e.g. an OpenCLIP config). */
+  kind: string;
+  modelConfig: unknown;
   params: Map<string, Float32Array>;
   optimizer: OptimizerState;
   /** Where the data stream is: the next batch to train on. */
@@ -26,7 +26,8 @@ export async function saveCheckpoint(path: string, s: TrainState): Promise<void>
   for (const [name, data] of s.optimizer.v) tensors.push({ name: V + name, shape: [data.length], data });
   await writeSafetensors(path, tensors, {
     format: 'clipkit-train',
-    'clipkit.config': JSON.stringify(toOpenClip(s.config)),
+    'clipkit.kind': s.kind,
+    'clipkit.model_config': JSON.stringify(s.modelConfig),
     'clipkit.state': JSON.stringify({ step: s.optimizer.step, position: s.position, extra: s.extra }),
   });
 }
@@ -37,7 +38,8 @@ export async function loadCheckpoint(path: string): Promise<TrainState> {
     if (st.metadata.format !== 'clipkit-train') throw new Error(`${path} is not a clipkit training checkpoint (format '${st.metadata.format ?? 'none'}')`);
     const meta = JSON.parse(st.metadata['clipkit.state'] ?? 'null') as { step: number; position: TrainState['position']; extra: Record<string, unknown> } | null;
     if (!meta || !Number.isInteger(meta.step) || !meta.position) throw new Error(`${path}: the training state metadata is missing or malformed`);
-    const config = fromOpenClip(JSON.parse(st.metadata['clipkit.config']!));
+    const kind = st.metadata['clipkit.kind'] ?? 'clip';
+    const modelConfig = JSON.parse(st.metadata['clipkit.model_config'] ?? 'null') as unknown;
     const params = new Map<string, Float32Array>();
     const m = new Map<string, Float32Array>();
     const v = new Map<string, Float32Array>();
@@ -47,7 +49,7 @@ export async function loadCheckpoint(path: string): Promise<TrainState> {
       else if (name.startsWith(V)) v.set(name.slice(V.length), data);
       else params.set(name, data);
     }
-    return { config, params, optimizer: { step: meta.step, m, v }, position: meta.position, extra: meta.extra ?? {} };
+    return { kind, modelConfig, params, optimizer: { step: meta.step, m, v }, position: meta.position, extra: meta.extra ?? {} };
   } finally {
     await st.close();
   }

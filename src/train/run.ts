@@ -7,7 +7,7 @@ import { type IndexedSource, type Source, captionTable, imageFolder, webDataset 
 import { DataLoader } from '../data/loader.js';
 import { classifierWeights, zeroShot, normalizeRows } from '../eval/zeroshot.js';
 import { ClipModel } from '../models/clip-model.js';
-import { fromOpenClip, listPresets, preset } from '../models/config.js';
+import { fromOpenClip, listPresets, preset, toOpenClip } from '../models/config.js';
 import { loadClip } from '../models/load.js';
 import { Rng } from '../nn/init.js';
 import { constantLr, warmupCosine } from '../optim/schedule.js';
@@ -15,6 +15,7 @@ import { type ClipTokenizer, loadTokenizer, trainBpe } from '../tokenizer/index.
 import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { createClipTrainer } from './clip-trainer.js';
 import { trainLoop } from './loop.js';
+import { holdOut } from './split.js';
 
 export interface RunConfig {
   data: string;
@@ -51,25 +52,6 @@ interface Split {
   train: IndexedSource | Source;
   held?: IndexedSource;
   classes?: readonly string[];
-}
-
-/** Deterministic per-class hold-out: the last `fraction` of each class in file order. */
-function holdOut(src: IndexedSource, fraction: number): { train: IndexedSource; held: IndexedSource } {
-  const byLabel = new Map<number, number[]>();
-  const ctx = { epoch: 0, seed: 0, shuffle: false };
-  for (let i = 0; i < src.size; i++) {
-    const l = src.get(i, ctx).label ?? 0;
-    (byLabel.get(l) ?? byLabel.set(l, []).get(l)!).push(i);
-  }
-  const train: number[] = [];
-  const held: number[] = [];
-  for (const idx of byLabel.values()) {
-    const k = Math.round(idx.length * fraction);
-    train.push(...idx.slice(0, idx.length - k));
-    held.push(...idx.slice(idx.length - k));
-  }
-  const sub = (ids: number[]): IndexedSource => ({ kind: 'indexed', size: ids.length, classes: src.classes, get: (i, c) => src.get(ids[i]!, c) });
-  return { train: sub(train), held: sub(held) };
 }
 
 async function openData(cfg: RunConfig): Promise<Split> {
@@ -118,8 +100,9 @@ export interface RunResult {
 export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<RunResult> {
   mkdirSync(cfg.out, { recursive: true });
   const ckptPath = join(cfg.out, 'checkpoint.safetensors');
+  if (resume && !existsSync(ckptPath)) throw new Error(`--resume: no checkpoint in ${cfg.out}`);
   const resumed = resume ? await loadCheckpoint(ckptPath) : undefined;
-  if (resume && !resumed) throw new Error(`--resume: no checkpoint in ${cfg.out}`);
+  if (resumed && resumed.kind !== 'clip') throw new Error(`--resume: ${ckptPath} is a '${resumed.kind}' checkpoint, not a CLIP one`);
   if (!resume) writeFileSync(join(cfg.out, 'config.json'), JSON.stringify(cfg, null, 2));
 
   const split = await openData(cfg);
@@ -134,7 +117,7 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
     log(`trained a BPE vocabulary of ${tok.vocabSize} tokens → ${tokPath}`);
   }
 
-  const model = resumed ? new ClipModel(resumed.config, resumed.params, { threads: cfg.threads }) : await buildModel(cfg, tok.vocabSize);
+  const model = resumed ? new ClipModel(fromOpenClip(resumed.modelConfig), resumed.params, { threads: cfg.threads }) : await buildModel(cfg, tok.vocabSize);
   const ctxLen = model.config.text.contextLength;
   const S = model.config.vision.imageSize;
   const loader = new DataLoader(split.train, {
@@ -215,7 +198,8 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
       save: async (st) => {
         const state = trainer.optimizerState ?? { step: st.step, m: new Map(), v: new Map() };
         await saveCheckpoint(ckptPath, {
-          config: model.config,
+          kind: 'clip',
+          modelConfig: toOpenClip(model.config),
           params: model.params,
           optimizer: state,
           position: { epoch: st.epoch, batch: st.batch },
