@@ -248,7 +248,7 @@ export async function loadVaeCheckpoint(pathOrDir: string): Promise<VaeCheckpoin
 
 export interface TrainLoopOptions {
   out: string;
-  /** Stop after this many minutes of training (data loading excluded). */
+  /** Stop after this many wall-clock minutes of the loop (evaluations and saves included, data loading not). */
   minutes?: number;
   /** Stop after this many steps in total (the schedule still spans run.totalSteps). */
   stopAt?: number;
@@ -289,7 +289,8 @@ export async function trainVae(config: VaeConfig, run: VaeRunOptions, data: Trai
   let window = { n: 0, loss: 0, recon: 0, kl: 0, mse: 0, t: 0 };
   let order = epochOrder(data.train, run.seed, pos.epoch);
   const elapsed = (): number => (performance.now() - started) / 1000;
-  while (trainer.ts.t < stopAt && !(o.minutes !== undefined && elapsed() >= o.minutes * 60)) {
+  const outOfTime = (): boolean => o.minutes !== undefined && elapsed() >= o.minutes * 60;
+  while (trainer.ts.t < stopAt && !outOfTime()) {
     if (pos.batch >= per) {
       pos = { epoch: pos.epoch + 1, batch: 0 };
       order = epochOrder(data.train, run.seed, pos.epoch);
@@ -300,7 +301,7 @@ export async function trainVae(config: VaeConfig, run: VaeRunOptions, data: Trai
     pos = { ...pos, batch: pos.batch + 1 };
     if (!Number.isFinite(s.loss)) throw new Error(`step ${s.step}: the loss is ${s.loss}; lower --lr or set --clip-norm`);
     window = { ...window, n: window.n + 1, loss: window.loss + s.loss, recon: window.recon + s.recon, kl: window.kl + s.kl, mse: window.mse + s.mse };
-    const last = trainer.ts.t >= stopAt;
+    const last = trainer.ts.t >= stopAt || outOfTime(); // the final step is always logged and evaluated
     if (s.step % o.logEvery === 0 || last) {
       const ips = (window.n * run.batchSize) / (stepSeconds - window.t);
       const mean = (v: number): number => v / window.n;
