@@ -63,7 +63,7 @@ export class Session {
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: o.optLevel ?? 'all',
-      executionProviders: o.providers ?? ['cpu'],
+      executionProviders: o.providers ?? defaultProviders(),
       ...(o.profile ? { enableProfiling: true, profileFilePrefix: o.profile } : {}),
     };
     let inner: ort.InferenceSession;
@@ -125,13 +125,19 @@ const cache = new Map<string, Session>();
 function cacheKeyOf(model: Uint8Array | string, o: SessionOptions): string {
   const h = createHash('sha256');
   h.update(typeof model === 'string' ? `file:${model}` : model);
-  h.update(JSON.stringify([o.threads ?? defaultThreads(), o.optLevel ?? 'all', o.providers ?? ['cpu']]));
+  h.update(JSON.stringify([o.threads ?? defaultThreads(), o.optLevel ?? 'all', o.providers ?? defaultProviders()]));
   return h.digest('hex');
 }
 
 export function defaultThreads(): number {
   const env = Number(process.env.CLIPKIT_THREADS);
   return Number.isInteger(env) && env > 0 ? env : availableParallelism();
+}
+
+/** CLIPKIT_PROVIDERS=cuda (comma-separated) puts those execution providers before the CPU one. */
+export function defaultProviders(): string[] {
+  const env = (process.env.CLIPKIT_PROVIDERS ?? '').split(',').map((s) => s.trim()).filter((s) => s && s !== 'cpu');
+  return [...env, 'cpu'];
 }
 
 export function clearSessionCache(): void {
