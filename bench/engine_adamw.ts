@@ -1,0 +1,92 @@
+// 4. Where should the AdamW update run? TrainStep can either put it in the training graph (ORT runs
+// ~12 unfused elementwise kernels per parameter tensor, multi-threaded, writing new p/m/v straight
+// into buffers we own) or fetch the gradients and run one fused loop in TypeScript (single-threaded,
+// one pass over memory). This measures the update alone at 1M, 10M and 50M parameters, plus the
+// in-graph update with outputs fetched as fresh arrays (the copy onnxruntime-node makes when no
+// output buffer is supplied), beside torch.optim.AdamW.
+import type { Ctx } from './bench.js';
+import { buffer, host, randn } from './data.js';
+import { type Row, printTable } from './report.js';
+import { measure } from './stats.js';
+import { at, best, runTorch } from './torch.js';
+import { Graph, type Tensor } from '../src/graph/graph.js';
+import { ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarValues } from '../src/optim/adamw.js';
+import { compile } from '../src/runtime/compile.js';
+import type { HostTensor } from '../src/runtime/session.js';
+
+/** A model's parameters in a few tensors: here four of equal size. */
+const TENSORS = 4;
+const CFG = { ...ADAMW_DEFAULTS, weightDecay: 0.01 };
+
+async function placeAt(total: number, threads: number[], reps: { warmup: number; reps: number }): Promise<Row[]> {
+  const n = total / TENSORS;
+  const shape = [n];
+  const names = Array.from({ length: TENSORS }, (_, i) => `p${i}`);
+  const p = names.map((k) => randn(n, `p.${k}`, 0.02));
+  const gr = names.map((k) => randn(n, `g.${k}`, 1e-3));
+  const m = names.map(() => new Float32Array(n));
+  const v = names.map(() => new Float32Array(n));
+  const label = `${total / 1e6}M`;
+
+  // The update as a graph: params, grads and both moments in, new params and moments out.
+  const g = new Graph('adamw');
+  const s = { lr: g.input('lr', []), bc1: g.input('bc1', []), bc2: g.input('bc2', []) };
+  const outs: Record<string, Tensor> = {};
+  names.forEach((k) => {
+    const u = adamwGraph(g.input(k, shape), g.input(`g.${k}`, shape), g.input(`m.${k}`, shape), g.input(`v.${k}`, shape), s, CFG, CFG.weightDecay);
+    outs[`new.${k}`] = u.p;
+    outs[`new.m.${k}`] = u.m;
+    outs[`new.v.${k}`] = u.v;
+  });
+  const sc = adamwScalarValues(CFG, CFG.lr, 10);
+  const feeds: Record<string, HostTensor> = {
+    lr: host(Float32Array.of(sc.lr), []),
+    bc1: host(Float32Array.of(sc.bc1), []),
+    bc2: host(Float32Array.of(sc.bc2), []),
+  };
+  names.forEach((k, i) => {
+    feeds[k] = host(p[i]!, shape);
+    feeds[`g.${k}`] = host(gr[i]!, shape);
+    feeds[`m.${k}`] = host(m[i]!, shape);
+    feeds[`v.${k}`] = host(v[i]!, shape);
+  });
+  // The second buffer set TrainStep ping-pongs with (inputs and outputs never alias).
+  const into: Record<string, HostTensor> = {};
+  for (const k of Object.keys(outs)) into[k] = buffer(shape);
+
+  const t = runTorch('adamw', { total, tensors: TENSORS, threads, ...reps });
+  const tFor = best(t?.get('for-loop'));
+  const tForeach = best(t?.get('foreach'));
+  const baseline = tFor && tForeach ? (tFor.median <= tForeach.median ? tFor : tForeach) : (tFor ?? tForeach);
+  const which = baseline === tFor ? 'for-loop' : 'foreach';
+  const rows: Row[] = [];
+
+  const js = await measure(() => names.forEach((_, i) => adamwInPlace(p[i]!, gr[i]!, m[i]!, v[i]!, CFG, CFG.lr, 10, CFG.weightDecay)), reps);
+  rows.push({ case: `${label}: (b) adamwInPlace, TS loop`, ours: js, torch: baseline, note: `PyTorch ${which}` });
+  for (const th of threads) {
+    const c = await compile(g, outs, { threads: th, cacheKey: false });
+    const pre = await measure(() => c.run(feeds, into), reps);
+    const fresh = await measure(() => c.run(feeds), reps);
+    await c.session.release();
+    rows.push({ case: `${label}: (a) in graph, into buffers, ${th}t`, ours: pre, torch: baseline, note: `PyTorch ${which}` });
+    rows.push({ case: `${label}: (c) in graph, fresh outputs, ${th}t`, ours: fresh, torch: baseline, note: `PyTorch ${which}` });
+  }
+  for (const th of threads) {
+    const f = at(t?.get('for-loop'), th);
+    const fe = at(t?.get('foreach'), th);
+    const fmt = (x: typeof f): string => (x ? `${(x.median * 1e3).toFixed(1)} ms` : '—');
+    rows.push({ case: `${label}: PyTorch alone, ${th}t`, note: `for-loop ${fmt(f)}, foreach ${fmt(fe)}` });
+  }
+  return rows;
+}
+
+export async function adamwBench(ctx: Ctx): Promise<void> {
+  const sizes = ctx.quick ? [1e6, 10e6] : [1e6, 10e6, 50e6];
+  const threads = ctx.quick ? [2] : [1, 2];
+  const rows: Row[] = [];
+  for (const total of sizes) {
+    const reps = total >= 50e6 ? { warmup: 1, reps: 5 } : total >= 10e6 ? { warmup: 2, reps: ctx.quick ? 5 : 10 } : { warmup: 3, reps: ctx.quick ? 10 : 30 };
+    rows.push(...(await placeAt(total, threads, reps)));
+  }
+  printTable(`4. AdamW update of N float32 parameters in ${TENSORS} tensors (PyTorch: torch.optim.AdamW.step, best of for-loop/foreach and 1/2 threads)`, rows);
+}
