@@ -184,10 +184,14 @@ export const RULES: Record<string, GradRule> = {
   MatMul: (n, [dy], wants) => {
     const [a, b] = [inp(n, 0), inp(n, 1)];
     const tr = (t: T): T => o.transpose(t, [...t.shape.keys()].map((i) => (i < t.rank - 2 ? i : 2 * t.rank - 3 - i)));
-    return [
-      wants[0] ? unbroadcast(o.matmul(dy!, tr(b)), a) : undefined,
-      wants[1] ? unbroadcast(o.matmul(tr(a), dy!), b) : undefined,
-    ];
+    let db: T | undefined;
+    if (wants[1] && b.rank === 2 && a.rank > 2) {
+      // A shared weight (x [..., M, K] @ W [K, N]): one GEMM over all rows, dW = X₂ᵀ·dY₂ — not a
+      // batch of per-example [K, N] products summed afterwards (B× the memory and a big ReduceSum).
+      const rows = flatRows(a);
+      db = o.matmul(o.transpose(o.reshape(a, [rows, a.shape[a.rank - 1]!]), [1, 0]), o.reshape(dy!, [rows, dy!.shape[dy!.rank - 1]!]));
+    } else if (wants[1]) db = unbroadcast(o.matmul(tr(a), dy!), b);
+    return [wants[0] ? unbroadcast(o.matmul(dy!, tr(b)), a) : undefined, db];
   },
   Gemm: (n, [dy], wants) => {
     const [a, b, c] = [inp(n, 0), inp(n, 1), n.inputs[2]];
@@ -269,6 +273,15 @@ export const RULES: Record<string, GradRule> = {
   Conv: (n, [dy], wants) => convGrad(n, dy!, wants),
   ConvTranspose: (n, [dy], wants) => convTransposeGrad(n, dy!, wants),
 };
+
+/** The number of rows of x viewed as [rows, last dim]: a static count or a derived symbol. */
+function flatRows(x: T): number | string {
+  const lead = x.shape.slice(0, -1);
+  const sym = lead.filter((d) => typeof d !== 'number');
+  const size = lead.reduce<number>((p, d) => p * (typeof d === 'number' ? d : 1), 1);
+  if (sym.length === 0) return size;
+  return size === 1 ? sym.join('*') : `${sym.join('*')}*${size}`;
+}
 
 /** The number of indices, as a static count or a derived symbol such as 'N*77'. */
 function idxFlat(idx: T): number | string {
