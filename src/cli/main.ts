@@ -19,6 +19,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   export: async () => (await import('./commands/export.js')).default,
   classify: async () => (await import('./commands/classify.js')).default,
   serve: async () => (await import('./commands/serve.js')).default,
+  embed: async () => (await import('./commands/embed.js')).default,
+  pull: async () => (await import('./commands/pull.js')).default,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -1,13 +1,13 @@
 // clipkit eval: zero-shot accuracy of a CLIP model on an image folder laid out by class
 // (root/<class>/<image>), with the class folder names as labels and a prompt-template ensemble.
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { classifierWeights, TEMPLATES, zeroShot } from '../../eval/zeroshot.js';
 import { classNameOf, decodeFiles, listImageFolder } from '../../eval/folder.js';
 import type { ClipModel } from '../../models/clip-model.js';
 import { loadClip } from '../../models/load.js';
-import { type ClipTokenizer, loadTokenizer, OPENAI_VOCAB_FILE } from '../../tokenizer/index.js';
+import { OPENAI_VOCAB_FILE } from '../../tokenizer/index.js';
 import { parse, usage, UsageError } from '../args.js';
+import { findTokenizer } from '../find-tokenizer.js';
 import type { Command } from '../main.js';
 
 const SPECS = {
@@ -36,7 +36,7 @@ const evalCommand: Command = {
     const classNames = folder.classes.map(classNameOf);
 
     const model = await loadClip(opts.model);
-    const tokenizer = await findTokenizer(opts.model, opts.tokenizer, model);
+    const tokenizer = await findTokenizer('eval', opts.model, opts.tokenizer, model);
     const weights = await classifierWeights(model, tokenizer, classNames, templates);
 
     const pass = await encodeImages(model, folder.files, opts['batch-size']);
@@ -95,24 +95,6 @@ function readTemplates(spec: string): readonly string[] {
   const bad = lines.findIndex((l) => !l.includes('{}'));
   if (bad >= 0) throw new UsageError(`eval: ${spec}:${bad + 1}: template ${JSON.stringify(lines[bad])} has no "{}" for the class name`);
   return lines;
-}
-
-/** --tokenizer, else a vocabulary in the model's directory (or next to a .safetensors file). */
-async function findTokenizer(modelPath: string, given: string | undefined, model: ClipModel): Promise<ClipTokenizer> {
-  let tok: ClipTokenizer;
-  if (given !== undefined) tok = await loadTokenizer(given);
-  else {
-    const dir = statSync(modelPath).isDirectory() ? modelPath : dirname(modelPath);
-    const candidates = [OPENAI_VOCAB_FILE, 'tokenizer.json', 'vocab.json'];
-    if (!candidates.some((f) => existsSync(join(dir, f)))) {
-      throw new UsageError(`eval: no tokenizer next to the model in '${dir}' (looked for ${OPENAI_VOCAB_FILE}, tokenizer.json, vocab.json + merges.txt); pass --tokenizer <file or directory>`);
-    }
-    tok = await loadTokenizer(dir);
-  }
-  const v = model.config.text.vocabSize;
-  if (tok.vocabSize > v) throw new Error(`eval: the tokenizer has ${tok.vocabSize} tokens but the model's vocabulary has ${v}: wrong --tokenizer?`);
-  if (tok.vocabSize < v) console.error(`eval: warning: the tokenizer has ${tok.vocabSize} tokens, the model ${v}`);
-  return tok;
 }
 
 interface ImagePass {
