@@ -54,6 +54,7 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
   const progress = new Progress(total);
   let lastLoss = NaN;
   let lastEval: Record<string, number> | undefined;
+  const stepTimes: number[] = [];
   const save = async (): Promise<void> => {
     await o.save({ step, epoch, batch: nextBatch, elapsedMs: Date.now() - started, totalSteps: total });
     writeCurves();
@@ -65,21 +66,29 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
         any = true;
         const t0 = Date.now();
         const r = await o.step(b);
+        stepTimes.push(Date.now() - t0);
         step++;
         nextBatch = b.index + 1;
         lastLoss = r.loss;
         if (!Number.isFinite(r.loss)) throw new Error(`the loss became ${r.loss} at step ${step}; lower the learning rate or enable --clip-norm`);
         const elapsed = Date.now() - started;
-        if (total === undefined && o.timeBudgetMs !== undefined && step === Math.min(20, o.start.step + 20)) {
-          total = Math.max(step + 1, Math.floor((o.timeBudgetMs / elapsed) * step));
-          progress.total = total;
-          o.onTotal?.(total);
-          o.log?.(`time budget ${(o.timeBudgetMs / 60_000).toFixed(1)} min → ${total} steps`);
+        // A time budget: the step count is estimated at step 20 and re-estimated every 50 steps
+        // from the recent step time (the machine's speed can change), so the cosine schedule ends
+        // near the budget; the run also stops when the budget is spent.
+        if (o.timeBudgetMs !== undefined && (step === o.start.step + 20 || (total !== undefined && step % 50 === 0))) {
+          const recent = recentMsPerStep(stepTimes);
+          const est = Math.max(step + 1, step + Math.floor((o.timeBudgetMs - elapsed) / recent));
+          if (total === undefined || Math.abs(est - total) > 0.02 * total) {
+            if (total === undefined) o.log?.(`time budget ${(o.timeBudgetMs / 60_000).toFixed(1)} min → about ${est} steps`);
+            total = est;
+            progress.total = total;
+            o.onTotal?.(total);
+          }
         }
         appendFileSync(metricsPath, `${JSON.stringify({ step, epoch, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, samplesPerSec: o.batchSize / ((Date.now() - t0) / 1e3), elapsedSec: elapsed / 1e3, skipped: o.loader.stats.skipped })}\n`);
         history.loss.push([step, r.loss]);
         progress.update(step, { loss: r.loss, lr: r.lr, samplesPerSec: ((step - o.start.step) * o.batchSize) / ((Date.now() - started - o.start.elapsedMs) / 1e3) });
-        const done = total !== undefined && step >= total;
+        const done = (total !== undefined && step >= total) || (o.timeBudgetMs !== undefined && elapsed >= o.timeBudgetMs);
         if (o.evaluate && o.evalEvery > 0 && (step % o.evalEvery === 0 || done)) {
           lastEval = await o.evaluate();
           if (lastEval) {
@@ -117,4 +126,10 @@ function readHistory(path: string, upTo: number, key: string): { loss: [number, 
   }
   writeFileSync(path, kept.map((l) => `${l}\n`).join(''));
   return h;
+}
+
+/** Median milliseconds per step over the last 50 steps. */
+function recentMsPerStep(times: number[]): number {
+  const recent = times.slice(-50).sort((a, b) => a - b);
+  return Math.max(1, recent[Math.floor(recent.length / 2)] ?? 1);
 }
