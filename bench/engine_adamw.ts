@@ -7,7 +7,7 @@
 import type { Ctx } from './bench.js';
 import { buffer, host, randn } from './data.js';
 import { type Row, printTable } from './report.js';
-import { measure } from './stats.js';
+import { measureInterleaved } from './stats.js';
 import { at, best, runTorch } from './torch.js';
 import { Graph, type Tensor } from '../src/graph/graph.js';
 import { ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarValues } from '../src/optim/adamw.js';
@@ -54,23 +54,25 @@ async function placeAt(total: number, threads: number[], reps: { warmup: number;
   const into: Record<string, HostTensor> = {};
   for (const k of Object.keys(outs)) into[k] = buffer(shape);
 
-  const t = runTorch('adamw', { total, tensors: TENSORS, threads, ...reps });
+  // PyTorch always tries 1 and 2 threads: with OpenMP, 2 threads on a busy 2-core machine can be 10× slower.
+  const t = runTorch('adamw', { total, tensors: TENSORS, threads: [1, 2], ...reps });
   const tFor = best(t?.get('for-loop'));
   const tForeach = best(t?.get('foreach'));
   const baseline = tFor && tForeach ? (tFor.median <= tForeach.median ? tFor : tForeach) : (tFor ?? tForeach);
   const which = baseline === tFor ? 'for-loop' : 'foreach';
   const rows: Row[] = [];
 
-  const js = await measure(() => names.forEach((_, i) => adamwInPlace(p[i]!, gr[i]!, m[i]!, v[i]!, CFG, CFG.lr, 10, CFG.weightDecay)), reps);
-  rows.push({ case: `${label}: (b) adamwInPlace, TS loop`, ours: js, torch: baseline, note: `PyTorch ${which}` });
-  for (const th of threads) {
-    const c = await compile(g, outs, { threads: th, cacheKey: false });
-    const pre = await measure(() => c.run(feeds, into), reps);
-    const fresh = await measure(() => c.run(feeds), reps);
-    await c.session.release();
-    rows.push({ case: `${label}: (a) in graph, into buffers, ${th}t`, ours: pre, torch: baseline, note: `PyTorch ${which}` });
-    rows.push({ case: `${label}: (c) in graph, fresh outputs, ${th}t`, ours: fresh, torch: baseline, note: `PyTorch ${which}` });
-  }
+  // All variants interleaved, one call of each per round (see measureInterleaved).
+  const sessions = await Promise.all(threads.map((th) => compile(g, outs, { threads: th, cacheKey: false })));
+  const jsLoop = (): void => names.forEach((_, i) => adamwInPlace(p[i]!, gr[i]!, m[i]!, v[i]!, CFG, CFG.lr, 10, CFG.weightDecay));
+  const variants: [string, () => unknown][] = [[`${label}: (b) adamwInPlace, TS loop`, jsLoop]];
+  threads.forEach((th, k) => {
+    variants.push([`${label}: (a) in graph, into buffers, ${th}t`, () => sessions[k]!.run(feeds, into)]);
+    variants.push([`${label}: (c) in graph, fresh outputs, ${th}t`, () => sessions[k]!.run(feeds)]);
+  });
+  const stats = await measureInterleaved(variants.map(([, fn]) => fn), reps);
+  for (const c of sessions) await c.session.release();
+  variants.forEach(([name], k) => rows.push({ case: name, ours: stats[k], torch: baseline, note: `PyTorch ${which}` }));
   for (const th of threads) {
     const f = at(t?.get('for-loop'), th);
     const fe = at(t?.get('foreach'), th);

@@ -65,7 +65,8 @@ export async function blockBench(ctx: Ctx): Promise<void> {
   console.log(`\n(forward graph: ${opHistogram(fwd.g, [fwd.y])})`);
   console.log(`(forward+backward graph: ${opHistogram(bw.g, Object.values(outputs))})`);
 
-  const t = runTorch('block', { B, T, D, H, F, threads: [1, 2], fwd: fwdReps, bwd: bwdReps });
+  // PyTorch tries both thread counts (its best is the baseline); --quick keeps it to one thread.
+  const t = runTorch('block', { B, T, D, H, F, threads: ctx.quick ? [1] : [1, 2], fwd: fwdReps, bwd: bwdReps });
   const rows: Row[] = [];
   for (const threads of threadCounts) {
     // The baseline: PyTorch at its best thread count for our 2-thread rows, at 1 thread for our 1-thread rows.

@@ -4,7 +4,7 @@
 // TypeScript, beside the identical PyTorch model and optimizer.
 import type { Ctx } from './bench.js';
 import { type Row, printTable } from './report.js';
-import { measure } from './stats.js';
+import { measureInterleaved } from './stats.js';
 import { at, best, runTorch, torchNotes } from './torch.js';
 import { Graph } from '../src/graph/graph.js';
 import * as o from '../src/graph/ops.js';
@@ -42,25 +42,26 @@ function batch(): Record<string, HostTensor> {
 }
 
 export async function trainBench(ctx: Ctx): Promise<void> {
-  const reps = ctx.quick ? { warmup: 1, reps: 3 } : { warmup: 2, reps: 8 };
+  const reps = ctx.quick ? { warmup: 1, reps: 2 } : { warmup: 2, reps: 8 };
   const data = batch();
-  const t = runTorch('train', { ...CFG, threads: [1, 2], ...reps });
+  const t = runTorch('train', { ...CFG, threads: ctx.quick ? [1] : [1, 2], ...reps });
   const perSec = (s: { median: number } | undefined): string => (s ? (1 / s.median).toFixed(2) : '—');
-  const rows: Row[] = [];
-  const losses: string[] = [];
-  let nParams = 0;
-  // Both update placements at 2 threads; the in-graph one also at 1 thread, which a busy machine
-  // disturbs less (a 2-thread step waits for its slower half).
+  // Both update placements at 2 threads, and the in-graph one at 1 thread (which a busy machine
+  // disturbs less: a 2-thread step waits for its slower half). Steps are interleaved, one of each
+  // per round, because 'graph' and 'js' are close and load drift would otherwise pick the winner.
   const configs: ['graph' | 'js', number][] = ctx.quick ? [['graph', 2], ['js', 2]] : [['graph', 2], ['js', 2], ['graph', 1]];
-  for (const [update, threads] of configs) {
-    const step = await makeStep(update, threads);
-    nParams = [...step.values.values()].reduce((a, v) => a + v.length, 0);
-    const seen: number[] = [];
-    const s = await measure(async () => seen.push((await step.step(data)).loss), reps);
+  const steps = await Promise.all(configs.map(([update, threads]) => makeStep(update, threads)));
+  const seen: number[][] = configs.map(() => []);
+  const stats = await measureInterleaved(
+    steps.map((step, k) => async () => seen[k]!.push((await step.step(data)).loss)),
+    reps,
+  );
+  const rows: Row[] = configs.map(([update, threads], k) => {
     const base = threads === 1 ? at(t?.get('step'), 1) : best(t?.get('step'));
-    rows.push({ case: `TrainStep, update '${update}', ${threads} thread(s)`, ours: s, torch: base, note: `${perSec(s)} steps/s vs ${perSec(base)}` });
-    if (threads === 2) losses.push(`ours '${update}': ${seen.map((l) => l.toFixed(3)).join(' ')}`);
-  }
+    return { case: `TrainStep, update '${update}', ${threads} thread(s)`, ours: stats[k], torch: base, note: `${perSec(stats[k])} steps/s vs ${perSec(base)}` };
+  });
+  const losses = configs.flatMap(([update, threads], k) => (threads === 2 ? [`ours '${update}': ${seen[k]!.map((l) => l.toFixed(3)).join(' ')}`] : []));
+  const nParams = [...steps[0]!.values.values()].reduce((a, v) => a + v.length, 0);
   const tl = torchNotes.get('train')?.losses as number[] | undefined;
   if (tl) losses.push(`PyTorch: ${tl.map((l) => l.toFixed(3)).join(' ')}`);
   const params = `${(nParams / 1e6).toFixed(2)}M parameters`;

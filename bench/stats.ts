@@ -42,16 +42,27 @@ export interface Reps {
  * warmup is never zero.
  */
 export async function measure(fn: () => Promise<unknown> | unknown, r: Reps): Promise<Stats> {
-  for (let i = 0; i < r.warmup; i++) await fn();
-  const wall: number[] = [];
-  const cpu: number[] = [];
+  return (await measureInterleaved([fn], r))[0]!;
+}
+
+/**
+ * Like `measure` for several variants at once, round-robin: one call of each per round, so slow
+ * drift in the machine's load (other processes starting or stopping) hits every variant alike.
+ * Use it where the variants are close and the order of measuring would otherwise decide.
+ */
+export async function measureInterleaved(fns: (() => Promise<unknown> | unknown)[], r: Reps): Promise<Stats[]> {
+  for (let i = 0; i < r.warmup; i++) for (const fn of fns) await fn();
+  const wall: number[][] = fns.map(() => []);
+  const cpu: number[][] = fns.map(() => []);
   for (let i = 0; i < r.reps; i++) {
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    await fn();
-    wall.push((performance.now() - t0) / 1e3);
-    const c = process.cpuUsage(c0);
-    cpu.push((c.user + c.system) / 1e6);
+    for (const [k, fn] of fns.entries()) {
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      await fn();
+      wall[k]!.push((performance.now() - t0) / 1e3);
+      const c = process.cpuUsage(c0);
+      cpu[k]!.push((c.user + c.system) / 1e6);
+    }
   }
-  return summarize(wall, cpu);
+  return fns.map((_, k) => summarize(wall[k]!, cpu[k]!));
 }
