@@ -1,0 +1,32 @@
+// The embedded vector store (LanceDB) and the .npy embedding format.
+export {
+  DEFAULT_ANN_THRESHOLD,
+  DEFAULT_NPROBES,
+  DEFAULT_REFINE,
+  MIN_INDEX_ROWS,
+  VectorStore,
+  defaultIndexParams,
+  sqlString,
+  type IndexInfo,
+  type IndexParams,
+  type Metric,
+  type SearchHit,
+  type SearchOptions,
+  type StoreItem,
+  type StoreOptions,
+  type WriteOptions,
+} from './store.js';
+export {
+  NpyFormatError,
+  NpyReader,
+  NpyWriter,
+  encodeNpyHeader,
+  floatToHalf,
+  halfToFloat,
+  parseNpyHeader,
+  readNpy,
+  writeNpy,
+  type NpyArray,
+  type NpyDType,
+  type NpyHeader,
+} from './npy.js';
