@@ -87,7 +87,7 @@ export async function adamwBench(ctx: Ctx): Promise<void> {
   const threads = ctx.quick ? [2] : [1, 2];
   const rows: Row[] = [];
   for (const total of sizes) {
-    const reps = total >= 50e6 ? { warmup: 1, reps: 5 } : total >= 10e6 ? { warmup: 2, reps: ctx.quick ? 5 : 10 } : { warmup: 3, reps: ctx.quick ? 10 : 30 };
+    const reps = total >= 50e6 ? { warmup: 1, reps: 5 } : total >= 10e6 ? { warmup: ctx.quick ? 1 : 2, reps: ctx.quick ? 3 : 10 } : { warmup: 3, reps: ctx.quick ? 10 : 30 };
     rows.push(...(await placeAt(total, threads, reps)));
   }
   printTable(`4. AdamW update of N float32 parameters in ${TENSORS} tensors (PyTorch: torch.optim.AdamW.step, best of for-loop/foreach and 1/2 threads)`, rows);

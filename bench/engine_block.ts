@@ -47,7 +47,7 @@ export async function blockBench(ctx: Ctx): Promise<void> {
   const x = host(randn(B * T * D, 'x'), [B, T, D]);
   const r = host(randn(B * T * D, 'R'), [B, T, D]);
 
-  // Forward graph; the same parameter values serve all three sessions.
+  // Forward graph; its parameter values serve every session below.
   const fwd = build();
   const values = initParams(fwd.g, 0);
   const paramFeeds: Record<string, HostTensor> = {};
@@ -67,34 +67,31 @@ export async function blockBench(ctx: Ctx): Promise<void> {
 
   // PyTorch tries both thread counts (its best is the baseline); --quick keeps it to one thread.
   const t = runTorch('block', { B, T, D, H, F, threads: ctx.quick ? [1] : [1, 2], fwd: fwdReps, bwd: bwdReps });
+
+  // Forward variants: weights baked in (inference: ORT pre-packs them), the inference models' graph
+  // (same weights, attention as one fused kernel), weights fed as inputs (as in training).
+  const inf = build('infer');
+  const forwards = [
+    { label: 'weights baked in', g: fwd.g, y: fwd.y, opts: { paramValues: values }, feeds: { x } },
+    { label: "mode 'infer' (fused Attention)", g: inf.g, y: inf.y, opts: { paramValues: values }, feeds: { x } },
+    { label: 'weights as inputs', g: fwd.g, y: fwd.y, opts: { paramsAsInputs: true }, feeds: { x, ...paramFeeds } },
+  ].slice(0, ctx.quick ? 1 : 3);
+  const yBuf = { y: buffer([B, T, D]) };
   const rows: Row[] = [];
   for (const threads of threadCounts) {
     // The baseline: PyTorch at its best thread count for our 2-thread rows, at 1 thread for our 1-thread rows.
     const pick = (name: string) => (threads === 1 ? at(t?.get(name), 1) : best(t?.get(name)));
     const note = (flops: number, ours: Stats, base: Stats | undefined): string => `${gflops(flops, ours)} GFLOP/s vs ${gflops(flops, base)}`;
-
-    const baked = await compile(fwd.g, { y: fwd.y }, { threads, cacheKey: false, paramValues: values });
-    const yBuf = { y: buffer([B, T, D]) };
-    const sBaked = await measure(() => baked.run({ x }, yBuf), fwdReps);
-    await baked.session.release();
-    rows.push({ case: `forward, weights baked in, ${threads} thread(s)`, ours: sBaked, torch: pick('fwd'), note: note(BLOCK_FWD_FLOPS, sBaked, pick('fwd')) });
-
-    // The inference models' graph: same weights, attention as one fused kernel.
-    const inf = build('infer');
-    const fused = await compile(inf.g, { y: inf.y }, { threads, cacheKey: false, paramValues: values });
-    const sFused = await measure(() => fused.run({ x }, yBuf), fwdReps);
-    await fused.session.release();
-    rows.push({ case: `forward, mode 'infer' (fused Attention), ${threads} thread(s)`, ours: sFused, torch: pick('fwd'), note: note(BLOCK_FWD_FLOPS, sFused, pick('fwd')) });
-
-    const asInputs = await compile(fwd.g, { y: fwd.y }, { threads, cacheKey: false, paramsAsInputs: true });
-    const sInputs = await measure(() => asInputs.run({ x, ...paramFeeds }, yBuf), fwdReps);
-    await asInputs.session.release();
-    rows.push({ case: `forward, weights as inputs, ${threads} thread(s)`, ours: sInputs, torch: pick('fwd'), note: note(BLOCK_FWD_FLOPS, sInputs, pick('fwd')) });
-
+    for (const f of forwards) {
+      const c = await compile(f.g, { y: f.y }, { threads, cacheKey: false, ...f.opts });
+      const s = await measure(() => c.run(f.feeds, yBuf), fwdReps);
+      await c.session.release();
+      rows.push({ case: `forward, ${f.label}, ${threads} thread(s)`, ours: s, torch: pick('fwd'), note: note(BLOCK_FWD_FLOPS, s, pick('fwd')) });
+    }
     const train = await compile(bw.g, outputs, { threads, cacheKey: false });
-    const sBwd = await measure(() => train.run({ x, R: r, ...paramFeeds }, into), bwdReps);
+    const s = await measure(() => train.run({ x, R: r, ...paramFeeds }, into), bwdReps);
     await train.session.release();
-    rows.push({ case: `forward+backward, ${threads} thread(s)`, ours: sBwd, torch: pick('fwdbwd'), note: note(BLOCK_FWDBWD_FLOPS, sBwd, pick('fwdbwd')) });
+    rows.push({ case: `forward+backward, ${threads} thread(s)`, ours: s, torch: pick('fwdbwd'), note: note(BLOCK_FWDBWD_FLOPS, s, pick('fwdbwd')) });
   }
   printTable(
     `3. ViT-B/16 block, batch ${B}×${T} (${(BLOCK_FWD_FLOPS / 1e9).toFixed(1)} GFLOP forward, ${(BLOCK_FWDBWD_FLOPS / 1e9).toFixed(1)} forward+backward)`,

@@ -34,10 +34,15 @@ export function printMachine(): void {
   const t = torchInfo();
   console.log(`cores: ${availableParallelism()}   CPU: ${cpuModel()}   RAM: ${(totalmem() / 2 ** 30).toFixed(1)} GiB`);
   console.log(`Node ${process.version}   onnxruntime-node ${ortVersion()}   ` + (t ? `PyTorch ${t.version} (BLAS: ${t.blas})` : 'PyTorch: not importable'));
-  if (t && /netlib|\/blas\/libblas|reference/i.test(t.blas)) {
+  if (t && /netlib|reference/i.test(t.blas)) {
     console.log(
       'WARNING: PyTorch is using the reference (netlib) BLAS, ~30× slower than an optimized one: its matmul numbers are not a fair\n' +
         '         baseline. On Debian: apt-get install libopenblas0-openmp (it becomes the libblas.so.3 alternative).',
+    );
+  } else if (t && /pthread/.test(t.blas)) {
+    console.log(
+      "NOTE: PyTorch's OpenBLAS is the pthread build, which ignores torch.set_num_threads: PyTorch's '1 thread' matmuls may use\n" +
+        '      every core. For per-thread baselines select the OpenMP build (libopenblas0-openmp) as the libblas.so.3 alternative.',
     );
   }
   console.log(`load average (1, 5, 15 min) at start: ${loadAverage()}`);

@@ -32,13 +32,15 @@ def blas_in_use():
     with open('/proc/self/maps') as f:
         for line in f:
             path = line.split()[-1]
-            if 'blas' in os.path.basename(path).lower() or 'mkl' in os.path.basename(path).lower():
+            name = os.path.basename(path).lower()
+            if 'blas' in name or 'mkl' in name:
                 libs.add(path)
     for path in sorted(libs):
-        name = os.path.basename(path)
+        name, variant = os.path.basename(path), os.path.basename(os.path.dirname(path))
         if 'openblas' in path:
-            return 'OpenBLAS ' + name
-        if 'mkl' in name:
+            # openblas-openmp follows torch.set_num_threads; openblas-pthread does not (it uses every core).
+            return f'OpenBLAS ({variant})'
+        if 'mkl' in name.lower():
             return 'MKL ' + name
         if '/blas/' in path:
             return 'reference BLAS (netlib) ' + name
