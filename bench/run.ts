@@ -5,12 +5,21 @@ import { performance } from 'node:perf_hooks';
 import type { Bench } from './bench.js';
 import { ENGINE } from './engine.js';
 import { CLIP } from './clip.js';
+import { DATA } from './data_loader.js';
+import { run as runIndex } from './index.js';
+import { run as runServe } from './serve.js';
 import { cpuSnapshot, otherCores, otherTicks } from './cpu.js';
 import { loadAverage, printMachine } from './machine.js';
 import { torchWindows } from './torch.js';
 
 /** The table of benchmarks. Other groups append their own lists here. */
-const BENCHES: Bench[] = [...ENGINE, ...CLIP];
+const BENCHES: Bench[] = [
+  ...ENGINE,
+  ...CLIP,
+  ...DATA,
+  { name: 'serve', group: 'serve', title: 'HTTP serving: throughput and p50/p99 under 1, 8, 64 clients, micro-batching on/off', run: runServe },
+  { name: 'index', group: 'index', title: 'vector index: build time, latency, ANN recall@10 at 100k and 1M', run: runIndex },
+];
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

@@ -96,7 +96,9 @@ export class TrainStep {
     const c = await compile(g, outputs, { paramValues: frozenValues, threads: opts.threads, cacheKey: false });
     const zeros = (): Map<string, Float32Array> => new Map(trainable.map((n) => [n, new Float32Array(values.get(n)!.length)]));
     const cur = { p: new Map(trainable.map((n) => [n, values.get(n)!])), m: zeros(), v: zeros() };
-    const next = { p: zeros(), m: zeros(), v: zeros() };
+    // 'graph' ping-pongs parameters and both moments; 'js' only needs a gradient buffer per parameter.
+    const none = (): Map<string, Float32Array> => new Map();
+    const next = mode === 'graph' ? { p: zeros(), m: zeros(), v: zeros() } : { p: zeros(), m: none(), v: none() };
     const shapes = new Map(specs.map((p) => [p.name, p.shape]));
     return new TrainStep(c, values, trainable, cfg, opts, cur, next, wds, shapes);
   }
