@@ -1,9 +1,10 @@
 // The training loop shared by every trainer (CLIP, ViT classification): epochs over a DataLoader
 // from a resumable position, a time budget that fits the schedule's length, periodic evaluation,
 // JSONL metrics, SVG curves, atomic checkpoints, and a progress line.
-import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Batch, DataLoader } from '../data/loader.js';
+import { type TrainState, loadCheckpoint } from './checkpoint.js';
 import { curvesSvg } from './plot.js';
 import { Progress } from './progress.js';
 
@@ -132,4 +133,18 @@ function readHistory(path: string, upTo: number, key: string): { loss: [number, 
 function recentMsPerStep(times: number[]): number {
   const recent = times.slice(-50).sort((a, b) => a - b);
   return Math.max(1, recent[Math.floor(recent.length / 2)] ?? 1);
+}
+
+/**
+ * Opens a run folder: creates it, loads its checkpoint when resuming (which must be of `kind`), and
+ * writes the run's config on a fresh start.
+ */
+export async function openRunDir(out: string, cfg: unknown, resume: boolean, kind: string): Promise<{ ckptPath: string; resumed?: TrainState }> {
+  mkdirSync(out, { recursive: true });
+  const ckptPath = join(out, 'checkpoint.safetensors');
+  if (resume && !existsSync(ckptPath)) throw new Error(`--resume: no checkpoint in ${out}`);
+  const resumed = resume ? await loadCheckpoint(ckptPath) : undefined;
+  if (resumed && resumed.kind !== kind) throw new Error(`--resume: ${ckptPath} is a '${resumed.kind}' checkpoint, not a '${kind}' one`);
+  if (!resume) writeFileSync(join(out, 'config.json'), JSON.stringify(cfg, null, 2));
+  return { ckptPath, resumed };
 }

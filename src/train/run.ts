@@ -1,7 +1,7 @@
 // A CLIP training run: data → trainer → periodic zero-shot evaluation, metrics (JSONL), curves (SVG),
 // atomic checkpoints and exact resume. The run folder holds config.json, metrics.jsonl, curves.svg,
 // checkpoint.safetensors and, at the end, model/ (OpenCLIP layout + tokenizer.json).
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type IndexedSource, type Source, captionTable, imageFolder, webDataset } from '../data/datasets.js';
 import { DataLoader } from '../data/loader.js';
@@ -12,9 +12,9 @@ import { loadClip } from '../models/load.js';
 import { Rng } from '../nn/init.js';
 import { constantLr, warmupCosine } from '../optim/schedule.js';
 import { type ClipTokenizer, loadTokenizer, trainBpe } from '../tokenizer/index.js';
-import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { saveCheckpoint } from './checkpoint.js';
 import { createClipTrainer } from './clip-trainer.js';
-import { trainLoop } from './loop.js';
+import { openRunDir, trainLoop } from './loop.js';
 import { holdOut } from './split.js';
 
 export interface RunConfig {
@@ -98,12 +98,7 @@ export interface RunResult {
 }
 
 export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<RunResult> {
-  mkdirSync(cfg.out, { recursive: true });
-  const ckptPath = join(cfg.out, 'checkpoint.safetensors');
-  if (resume && !existsSync(ckptPath)) throw new Error(`--resume: no checkpoint in ${cfg.out}`);
-  const resumed = resume ? await loadCheckpoint(ckptPath) : undefined;
-  if (resumed && resumed.kind !== 'clip') throw new Error(`--resume: ${ckptPath} is a '${resumed.kind}' checkpoint, not a CLIP one`);
-  if (!resume) writeFileSync(join(cfg.out, 'config.json'), JSON.stringify(cfg, null, 2));
+  const { ckptPath, resumed } = await openRunDir(cfg.out, cfg, resume, 'clip');
 
   const split = await openData(cfg);
   // Tokenizer: given, resumed from the run folder, or trained on the captions.

@@ -1,7 +1,7 @@
 // ViT image classification (chapter 5.2): a ViT with a class head, cross-entropy with label
 // smoothing, optional mixup/cutmix, AdamW + warmup-cosine, on the shared training loop. It can start
 // from the image tower of a CLIP model (fine-tuning).
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type IndexedSource, imageFolder } from '../data/datasets.js';
 import { DataLoader } from '../data/loader.js';
@@ -15,9 +15,9 @@ import { TrainStep } from '../optim/step.js';
 import { warmupCosine } from '../optim/schedule.js';
 import { compile } from '../runtime/compile.js';
 import { writeSafetensors, SafetensorsFile } from '../checkpoint/safetensors.js';
-import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { saveCheckpoint } from './checkpoint.js';
 import { openClipExcluded } from './clip-trainer.js';
-import { trainLoop } from './loop.js';
+import { openRunDir, trainLoop } from './loop.js';
 import { holdOut } from './split.js';
 
 export interface VitRunConfig {
@@ -134,12 +134,7 @@ export interface VitRunResult {
 }
 
 export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s: string) => void = (s) => process.stderr.write(`${s}\n`)): Promise<VitRunResult> {
-  mkdirSync(cfg.out, { recursive: true });
-  const ckptPath = join(cfg.out, 'checkpoint.safetensors');
-  if (resume && !existsSync(ckptPath)) throw new Error(`--resume: no checkpoint in ${cfg.out}`);
-  const resumed = resume ? await loadCheckpoint(ckptPath) : undefined;
-  if (resumed && resumed.kind !== 'vit') throw new Error(`--resume: ${ckptPath} is a '${resumed.kind}' checkpoint, not a ViT one`);
-  if (!resume) writeFileSync(join(cfg.out, 'config.json'), JSON.stringify(cfg, null, 2));
+  const { ckptPath, resumed } = await openRunDir(cfg.out, cfg, resume, 'vit');
 
   const src = await imageFolder(cfg.data, { templates: ['{}'] });
   const C = src.classes.length;
