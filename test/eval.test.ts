@@ -13,7 +13,7 @@ import type { Features } from '../src/models/clip-model.js';
 import { ClipModel } from '../src/models/clip-model.js';
 import { fromOpenClip } from '../src/models/config.js';
 import { trainBpe } from '../src/tokenizer/index.js';
-import { classNameOf, classifierWeights, linearProbe, listImageFolder, normalizeRows, promptEnsemble, promptsFor, retrieval, stratifiedSplit, takeRows, TEMPLATES, zeroShot } from '../src/eval/index.js';
+import { classNameOf, classifierWeights, decodeFiles, encodeTexts, linearProbe, listImageFolder, normalizeRows, promptEnsemble, promptsFor, retrieval, stratifiedSplit, takeRows, TEMPLATES, zeroShot } from '../src/eval/index.js';
 import { Rng } from '../src/nn/init.js';
 
 const feats = (rows: number[][]): Features => ({ data: Float32Array.from(rows.flat()), shape: [rows.length, rows[0]!.length] });
@@ -266,4 +266,49 @@ test('clipkit eval end to end on a tiny random model: JSON shape, skipped images
   const bare = cli('--model', join(work, 'bare', 'tiny.safetensors'), '--data', data);
   assert.notEqual(bare.status, 0);
   assert.match(bare.stderr, /no tokenizer next to the model .*pass --tokenizer/);
+});
+
+test('clipkit eval on a caption table: retrieval recall equal to the direct computation; one image with two captions; unreadable image left out', async () => {
+  const { model, tokenizer } = tinyModelAndTokenizer();
+  const modelDir = join(work, 'model-r');
+  await model.save(modelDir);
+  tokenizer.save(join(modelDir, 'tokenizer.json'));
+  const root = join(work, 'table');
+  await makeDataset(root);
+  const rows: [string, string][] = [
+    ['red_thing/0.png', 'a photo of a red thing.'],
+    ['green/1.png', 'a picture of a green.'],
+    ['blue/2.png', 'a photo of a blue.'],
+    ['red_thing/0.png', 'a picture of a cat.'], // the same image again: one candidate, two captions
+    ['green/2.png', 'a photo of a dog.'],
+    ['green/broken.png', 'a photo of a green.'], // unreadable: its caption cannot be retrieved
+  ];
+  const csv = join(root, 'pairs.csv');
+  writeFileSync(csv, `image,caption\n${rows.map(([i, c]) => `${i},"${c}"`).join('\n')}\n`);
+  const res = cli('--model', modelDir, '--data', csv, '--json');
+  assert.equal(res.status, 0, res.stderr);
+  const out = JSON.parse(res.stdout);
+  assert.equal(out.images, 4);
+  assert.equal(out.captions, 5);
+  assert.equal(out.skipped, 1);
+
+  // Direct: the four distinct images, the five captions, retrieval() with captions 0 and 3 on image 0.
+  const files = ['red_thing/0.png', 'green/1.png', 'blue/2.png', 'green/2.png'].map((f) => join(root, f));
+  const img = await model.encodeImage(await decodeFiles(files, 32));
+  const txt = await encodeTexts(model, tokenizer, rows.slice(0, 5).map(([, c]) => c));
+  const r = await retrieval(img, txt, Int32Array.from([0, 1, 2, 0, 3]));
+  for (const k of ['1', '5', '10']) {
+    assert.ok(close(out.retrieval.imageToText[k], r.imageToText[Number(k)]!), `i2t@${k}`);
+    assert.ok(close(out.retrieval.textToImage[k], r.textToImage[Number(k)]!), `t2i@${k}`);
+  }
+  assert.equal(out.retrieval.textToImage['5'], 1); // 4 candidates: every caption's image is in the top 5
+
+  const table = cli('--model', modelDir, '--data', csv);
+  assert.equal(table.status, 0, table.stderr);
+  assert.match(table.stdout, /text→image +\d+\.\d\d%/);
+  const bad = join(root, 'bad.csv');
+  writeFileSync(bad, 'picture,text\na.png,x\n');
+  const badRes = cli('--model', modelDir, '--data', bad);
+  assert.notEqual(badRes.status, 0);
+  assert.match(badRes.stderr, /no image column \(looked for image, .*has picture, text\)/);
 });

@@ -3,6 +3,7 @@
 export {
   TEMPLATES,
   classifierWeights,
+  encodeTexts,
   promptEnsemble,
   promptsFor,
   zeroShot,

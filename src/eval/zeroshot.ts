@@ -187,6 +187,26 @@ export async function classifierWeights(
   return { data: out, shape: [classNames.length, D] };
 }
 
+/**
+ * Text features [N, D] (projected, not normalised) of arbitrary texts, `batchSize` per call, each
+ * call's token rows trimmed after the last end token as in classifierWeights.
+ */
+export async function encodeTexts(
+  model: Pick<ClipModel, 'encodeText' | 'config'>,
+  tokenizer: Pick<ClipTokenizer, 'encode'>,
+  texts: readonly string[],
+  o: ClassifierOptions = {},
+): Promise<Features> {
+  const D = model.config.embedDim;
+  const per = o.batchSize ?? 256;
+  const out = new Float32Array(texts.length * D);
+  for (let lo = 0; lo < texts.length; lo += per) {
+    const ids = tokenizer.encode(texts.slice(lo, lo + per), { contextLength: model.config.text.contextLength, truncate: true });
+    out.set((await model.encodeText(trimTokens(ids))).data, lo * D);
+  }
+  return { data: out, shape: [texts.length, D] };
+}
+
 /** Token rows cut after the last position any row pools at (its largest id: the end token). */
 function trimTokens(t: { data: Int32Array; shape: [number, number] }): { data: Int32Array; shape: [number, number] } {
   const [n, len] = t.shape;

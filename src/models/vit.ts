@@ -7,7 +7,7 @@
 // Parameter names follow OpenAI's `visual.*` state dict.
 import type { Graph, Tensor } from '../graph/graph.js';
 import * as o from '../graph/ops.js';
-import { type Activation, crossAttention, layerNorm, linearWith, mlp, transformer } from '../nn/layers.js';
+import { type Activation, activate, crossAttention, layerNorm, linearWith, mlp, transformer } from '../nn/layers.js';
 
 export interface VitConfig {
   imageSize: number;
@@ -25,6 +25,12 @@ export interface VitConfig {
   outputDim: number;
   /** Classification head (head.weight/bias); 0 for none. */
   numClasses: number;
+  /**
+   * Optional convolutional stem (the hybrid of ViT §3.1, as in CCT): 3×3 stride-1 convolutions
+   * with these output channels, each followed by the activation, before the patch embedding.
+   * Absent or empty: the plain ViT.
+   */
+  convStem?: number[];
 }
 
 export function vitDefaults(c: Partial<VitConfig> & Pick<VitConfig, 'imageSize' | 'patchSize' | 'width' | 'layers'>): VitConfig {
@@ -48,6 +54,7 @@ export function validateVit(c: VitConfig): void {
   for (const k of ['imageSize', 'patchSize', 'width', 'layers', 'heads'] as const) {
     if (!Number.isInteger(c[k]) || c[k] < 1) bad(`${k} must be a positive integer, got ${c[k]}`);
   }
+  if (c.convStem !== undefined && (!Array.isArray(c.convStem) || c.convStem.some((k) => !Number.isInteger(k) || k < 1))) bad(`convStem must be a list of positive channel counts, got ${JSON.stringify(c.convStem)}`);
   if (c.imageSize % c.patchSize !== 0) bad(`imageSize ${c.imageSize} is not a multiple of patchSize ${c.patchSize}`);
   if (c.width % c.heads !== 0) bad(`width ${c.width} is not divisible by heads ${c.heads}`);
   if (!(c.mlpRatio > 0)) bad(`mlpRatio must be > 0`);
@@ -102,8 +109,18 @@ export function vit(g: Graph, pixels: Tensor, c: VitConfig): Tensor {
   const tokens = vitTokens(c);
   const scale = W ** -0.5; // OpenAI's init scale for class/position embeddings and proj
 
-  const conv1 = g.param('conv1.weight', [W, 3, p, p], { kind: 'kaiming_uniform', fanIn: 3 * p * p, fanOut: W, gain: 1 });
-  let x = linearWith(patchify(pixels, p), o.reshape(conv1, [W, 3 * p * p]), null); // [N, grid², W]
+  let feat = pixels;
+  let cin = 3;
+  (c.convStem ?? []).forEach((cout, i) => {
+    feat = g.scope(`stem.${i}`, () => {
+      const w = g.param('weight', [cout, cin, 3, 3], { kind: 'kaiming_uniform', fanIn: cin * 9, fanOut: cout });
+      const b = g.param('bias', [cout], { kind: 'zeros' });
+      return activate(o.conv(feat, w, b, { pads: [1, 1, 1, 1] }), c.act);
+    });
+    cin = cout;
+  });
+  const conv1 = g.param('conv1.weight', [W, cin, p, p], { kind: 'kaiming_uniform', fanIn: cin * p * p, fanOut: W, gain: 1 });
+  let x = linearWith(patchify(feat, p), o.reshape(conv1, [W, cin * p * p]), null); // [N, grid², W]
   if (c.pool === 'cls') {
     const cls = g.param('class_embedding', [W], { kind: 'normal', std: scale });
     x = o.concat([o.expand(o.reshape(cls, [1, 1, W]), [n!, 1, W], x), x], 1); // [N, grid²+1, W]

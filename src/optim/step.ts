@@ -28,6 +28,8 @@ export interface TrainStepOptions {
   metrics?: Record<string, Tensor>;
   update?: 'graph' | 'js';
   threads?: number;
+  /** Write ONNX Runtime's per-op profile with this file prefix (see `endProfiling`). */
+  profile?: string;
 }
 
 export interface StepResult {
@@ -93,7 +95,7 @@ export class TrainStep {
       trainable.forEach((name, i) => (outputs[`grad.${name}`] = grads[i]!));
     }
     for (const [k, t] of Object.entries(opts.metrics ?? {})) outputs[`metric.${k}`] = t;
-    const c = await compile(g, outputs, { paramValues: frozenValues, threads: opts.threads, cacheKey: false });
+    const c = await compile(g, outputs, { paramValues: frozenValues, threads: opts.threads, cacheKey: false, profile: opts.profile });
     const zeros = (): Map<string, Float32Array> => new Map(trainable.map((n) => [n, new Float32Array(values.get(n)!.length)]));
     const cur = { p: new Map(trainable.map((n) => [n, values.get(n)!])), m: zeros(), v: zeros() };
     // 'graph' ping-pongs parameters and both moments; 'js' only needs a gradient buffer per parameter.
@@ -153,6 +155,11 @@ export class TrainStep {
       gradNorm: res.grad_norm ? Number(res.grad_norm.data[0]) : undefined,
       metrics,
     };
+  }
+
+  /** Ends ONNX Runtime profiling (steps created with `profile`); the JSON file is written. */
+  endProfiling(): void {
+    this.c.session.endProfiling();
   }
 
   /** The optimizer state (for checkpoints): step count and both moments, by parameter name. */

@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type IndexedSource, type Source, captionTable, imageFolder, webDataset } from '../data/datasets.js';
 import { DataLoader } from '../data/loader.js';
+import { retrieval } from '../eval/retrieval.js';
 import { classifierWeights, zeroShot, normalizeRows } from '../eval/zeroshot.js';
 import { ClipModel } from '../models/clip-model.js';
 import { fromOpenClip, listPresets, preset, toOpenClip } from '../models/config.js';
@@ -39,6 +40,8 @@ export interface RunConfig {
   lockImage: boolean;
   /** Fraction of an image folder held out per class for evaluation. */
   holdout: number;
+  /** A caption table (.csv/.tsv/.jsonl) evaluated by image↔text retrieval every `evalEvery` steps. */
+  evalData?: string;
   evalEvery: number;
   saveEvery: number;
   seed: number;
@@ -94,6 +97,8 @@ export interface RunResult {
   seconds: number;
   finalLoss: number;
   zeroShot?: { top1: number; top5: number };
+  /** Recall@k on --eval-data at the last evaluation. */
+  retrieval?: { textToImage: Record<number, number>; imageToText: Record<number, number> };
   modelDir: string;
 }
 
@@ -150,8 +155,33 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
   const evalLoader = split.held
     ? new DataLoader(split.held, { batchSize: 256, imageSize: S, train: false, tokenizer: tok, contextLength: ctxLen, workers: cfg.workers, cacheDecoded: cfg.cacheImages })
     : undefined;
-  const evaluate = async (): Promise<{ top1: number; top5: number } | undefined> => {
-    if (!evalLoader || !split.classes) return undefined;
+  // Retrieval on a caption table: each row's caption against each row's image (recall@1/5/10).
+  const retrievalLoader = cfg.evalData
+    ? new DataLoader(await captionTable(cfg.evalData), { batchSize: 256, imageSize: S, train: false, tokenizer: tok, contextLength: ctxLen, workers: cfg.workers, cacheDecoded: cfg.cacheImages })
+    : undefined;
+  const evalRetrieval = async (): Promise<Record<string, number>> => {
+    const img: Float32Array[] = [];
+    const txt: Float32Array[] = [];
+    for await (const b of retrievalLoader!.batches(0)) {
+      img.push((await model.encodeImage(b.pixels)).data);
+      txt.push((await model.encodeText(b.tokens)).data);
+    }
+    const D = model.config.embedDim;
+    const cat = (parts: Float32Array[]): { data: Float32Array; shape: [number, number] } => {
+      const data = new Float32Array(parts.reduce((a, f) => a + f.length, 0));
+      let at = 0;
+      for (const f of parts) (data.set(f, at), (at += f.length));
+      return { data, shape: [data.length / D, D] };
+    };
+    const I = cat(img);
+    const r = await retrieval(I, cat(txt), Int32Array.from({ length: I.shape[0] }, (_, i) => i));
+    const out: Record<string, number> = {};
+    for (const k of [1, 5, 10]) (out[`t2i_r${k}`] = r.textToImage[k]!), (out[`i2t_r${k}`] = r.imageToText[k]!);
+    return out;
+  };
+  const evaluate = async (): Promise<Record<string, number> | undefined> => {
+    const extra = retrievalLoader ? await evalRetrieval() : undefined;
+    if (!evalLoader || !split.classes) return extra;
     const w = await classifierWeights(model, tok, [...split.classes], cfg.templates);
     const feats: Float32Array[] = [];
     const labels: number[] = [];
@@ -163,7 +193,7 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
     let at = 0;
     for (const f of feats) (all.set(f, at), (at += f.length));
     const r = await zeroShot(normalizeRows({ data: all, shape: [labels.length, model.config.embedDim] }), w, Int32Array.from(labels));
-    return { top1: r.top1, top5: r.top5 };
+    return { top1: r.top1, top5: r.top5, ...extra };
   };
 
   const groupsOf = (labels: Int32Array, captions: string[]): ArrayLike<number> => {
@@ -188,8 +218,8 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
         schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, t), t);
       },
       evaluate,
-      evalKey: 'top1',
-      evalTitle: 'held-out zero-shot top-1',
+      evalKey: split.held ? 'top1' : 't2i_r1',
+      evalTitle: split.held ? 'held-out zero-shot top-1' : 'text→image recall@1 (--eval-data)',
       save: async (st) => {
         const state = trainer.optimizerState ?? { step: st.step, m: new Map(), v: new Map() };
         await saveCheckpoint(ckptPath, {
@@ -206,10 +236,18 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
   } finally {
     await loader.close();
     await evalLoader?.close();
+    await retrievalLoader?.close();
   }
   const modelDir = join(cfg.out, 'model');
   await model.save(modelDir);
   tok.save(join(modelDir, 'tokenizer.json'));
   const z = result.lastEval;
-  return { steps: result.steps, seconds: result.seconds, finalLoss: result.finalLoss, zeroShot: z ? { top1: z.top1!, top5: z.top5! } : undefined, modelDir };
+  return {
+    steps: result.steps,
+    seconds: result.seconds,
+    finalLoss: result.finalLoss,
+    zeroShot: z?.top1 !== undefined ? { top1: z.top1, top5: z.top5! } : undefined,
+    retrieval: z?.t2i_r1 !== undefined ? { textToImage: { 1: z.t2i_r1, 5: z.t2i_r5!, 10: z.t2i_r10! }, imageToText: { 1: z.i2t_r1!, 5: z.i2t_r5!, 10: z.i2t_r10! } } : undefined,
+    modelDir,
+  };
 }

@@ -1,7 +1,10 @@
 // clipkit eval: zero-shot accuracy of a CLIP model on an image folder laid out by class
-// (root/<class>/<image>), with the class folder names as labels and a prompt-template ensemble.
+// (root/<class>/<image>), with the class folder names as labels and a prompt-template ensemble; or
+// image↔text retrieval recall@1/5/10 on a caption table (.csv/.tsv/.jsonl of image, caption).
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { classifierWeights, TEMPLATES, zeroShot } from '../../eval/zeroshot.js';
+import { captionTable } from '../../data/datasets.js';
+import { retrieval } from '../../eval/retrieval.js';
+import { classifierWeights, encodeTexts, TEMPLATES, zeroShot } from '../../eval/zeroshot.js';
 import { classNameOf, decodeFiles, listImageFolder } from '../../eval/folder.js';
 import type { ClipModel } from '../../models/clip-model.js';
 import { loadClip } from '../../models/load.js';
@@ -12,7 +15,7 @@ import type { Command } from '../main.js';
 
 const SPECS = {
   model: { type: 'string', help: 'model: a .safetensors file or a model directory (OpenCLIP or Hugging Face layout)' },
-  data: { type: 'string', help: 'image folder by class: <data>/<class>/*.{jpg,jpeg,png}' },
+  data: { type: 'string', help: 'image folder by class (<data>/<class>/*.{jpg,jpeg,png}): zero-shot accuracy; or a .csv/.tsv/.jsonl of (image, caption): retrieval recall@1/5/10' },
   tokenizer: { type: 'string', help: `tokenizer vocabulary (${OPENAI_VOCAB_FILE}, tokenizer.json, or a directory); default: the model's directory` },
   templates: { type: 'string', default: 'simple', help: "prompt templates: 'simple' (a photo of a {}.), 'cifar10' (CLIP's 18), or a file with one template per line" },
   'batch-size': { type: 'int', default: 64, min: 1, help: 'images decoded and encoded per batch' },
@@ -22,7 +25,7 @@ const SPECS = {
 } as const;
 
 const evalCommand: Command = {
-  summary: 'zero-shot accuracy of a model on an image folder by class',
+  summary: 'zero-shot accuracy on an image folder by class, or retrieval recall on a caption table',
   async run(argv) {
     const started = performance.now();
     const { opts, positionals } = parse('eval', argv, SPECS);
@@ -30,6 +33,7 @@ const evalCommand: Command = {
     if (positionals.length > 0) throw new UsageError(`eval: unexpected argument '${positionals[0]}' (options are --model, --data, …)`);
     if (!opts.model) throw new UsageError('eval: --model <path> is required');
     if (!opts.data) throw new UsageError('eval: --data <folder by class> is required');
+    if (/\.(csv|tsv|jsonl|ndjson)$/i.test(opts.data)) return evalRetrieval(opts.model, opts.data, opts.tokenizer, opts['batch-size'], opts.limit, opts.json === true, started);
     const templates = readTemplates(opts.templates);
     // The folder is listed before the model loads, so a wrong path fails in milliseconds.
     const folder = listImageFolder(opts.data, { limit: opts.limit });
@@ -82,6 +86,56 @@ const evalCommand: Command = {
   },
 };
 export default evalCommand;
+
+/**
+ * Retrieval on a caption table: every distinct image is a candidate for every caption and the
+ * reverse (an image with several rows has several captions; any of them is a hit for the image).
+ */
+async function evalRetrieval(modelPath: string, data: string, tokenizerPath: string | undefined, batchSize: number, limit: number | undefined, json: boolean, started: number): Promise<void> {
+  const table = await captionTable(data);
+  const ctx = { epoch: 0, seed: 0, shuffle: false };
+  const rows = Array.from({ length: Math.min(table.size, limit ?? Infinity) }, (_, i) => table.get(i, ctx));
+  const files: string[] = [];
+  const imageIndex = new Map<string, number>();
+  const imageOfRow = rows.map((r) => {
+    const path = 'path' in r.image ? r.image.path : r.key;
+    let i = imageIndex.get(path);
+    if (i === undefined) imageIndex.set(path, (i = files.push(path) - 1));
+    return i;
+  });
+  const model = await loadClip(modelPath);
+  const tokenizer = await findTokenizer('eval', modelPath, tokenizerPath, model);
+  const pass = await encodeImages(model, files, batchSize);
+  if (pass.fileIndex.length === 0) throw new Error(`eval: none of the ${files.length} images could be decoded (${pass.firstError})`);
+  // Captions of undecodable images are left out (they cannot be retrieved).
+  const featureRow = new Int32Array(files.length).fill(-1);
+  pass.fileIndex.forEach((f, r) => (featureRow[f] = r));
+  const kept = rows.map((_, j) => j).filter((j) => featureRow[imageOfRow[j]!]! >= 0);
+  const text = await encodeTexts(model, tokenizer, kept.map((j) => rows[j]!.caption));
+  const r = await retrieval(pass.features, text, Int32Array.from(kept, (j) => featureRow[imageOfRow[j]!]!));
+  const out = {
+    model: modelPath,
+    data,
+    images: pass.fileIndex.length,
+    captions: kept.length,
+    skipped: pass.skipped,
+    retrieval: { imageToText: r.imageToText, textToImage: r.textToImage },
+    seconds: (performance.now() - started) / 1000,
+  };
+  if (json) return console.log(JSON.stringify(out, null, 2));
+  const pct = (v: number | undefined): string => (v === undefined ? '—' : `${(100 * v).toFixed(2)}%`.padStart(8));
+  console.log(
+    [
+      `model      ${modelPath}`,
+      `data       ${data}: ${out.images} images, ${out.captions} captions${out.skipped ? ` (${out.skipped} unreadable images skipped)` : ''}`,
+      '',
+      '               R@1      R@5     R@10',
+      `image→text ${pct(r.imageToText[1])} ${pct(r.imageToText[5])} ${pct(r.imageToText[10])}`,
+      `text→image ${pct(r.textToImage[1])} ${pct(r.textToImage[5])} ${pct(r.textToImage[10])}`,
+      `time       ${out.seconds.toFixed(1)} s`,
+    ].join('\n'),
+  );
+}
 
 /** 'simple' and 'cifar10' are built in; anything else is a file with one template per line. */
 function readTemplates(spec: string): readonly string[] {

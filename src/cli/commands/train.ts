@@ -25,6 +25,7 @@ const SPECS = {
   loss: { type: 'string', default: 'clip', choices: ['clip', 'siglip', 'multipos'], help: 'contrastive loss' },
   'lock-image': { type: 'boolean', help: 'LiT: keep the image tower fixed' },
   holdout: { type: 'float', default: 0.1, min: 0, max: 0.9, help: 'fraction of each class held out for evaluation (image folders)' },
+  'eval-data': { type: 'string', help: 'a .csv/.tsv/.jsonl of (image, caption) scored by retrieval recall@1/5/10 at each evaluation' },
   'eval-every': { type: 'int', default: 200, min: 0, help: 'steps between held-out evaluations (0: off)' },
   'save-every': { type: 'int', default: 200, min: 1, help: 'steps between checkpoints' },
   seed: { type: 'int', default: 0, help: 'seed for initialisation, data order and augmentation' },
@@ -104,6 +105,7 @@ const train: Command = {
         loss: opts.loss as RunConfig['loss'],
         lockImage: opts['lock-image'],
         holdout: opts.holdout,
+        evalData: opts['eval-data'],
         evalEvery: opts['eval-every'],
         saveEvery: opts['save-every'],
         seed: opts.seed,
@@ -115,7 +117,7 @@ const train: Command = {
     }
     const r = await runClipTraining(cfg, opts.resume);
     if (opts.json) console.log(JSON.stringify(r));
-    else console.log(`trained ${r.steps} steps in ${r.seconds.toFixed(0)} s; final loss ${r.finalLoss.toFixed(4)}${r.zeroShot ? `; held-out zero-shot top-1 ${(r.zeroShot.top1 * 100).toFixed(1)}%` : ''}\nmodel: ${r.modelDir}`);
+    else console.log(`trained ${r.steps} steps in ${r.seconds.toFixed(0)} s; final loss ${r.finalLoss.toFixed(4)}${r.zeroShot ? `; held-out zero-shot top-1 ${(r.zeroShot.top1 * 100).toFixed(1)}%` : ''}${r.retrieval ? `; --eval-data text→image R@1 ${(r.retrieval.textToImage[1]! * 100).toFixed(1)}%, R@5 ${(r.retrieval.textToImage[5]! * 100).toFixed(1)}%` : ''}\nmodel: ${r.modelDir}`);
   },
 };
 export default train;
