@@ -74,7 +74,7 @@ async function cifarClip(o: Opts): Promise<unknown> {
   const out = join(o.work, 'cifar-clip');
   rmSync(out, { recursive: true, force: true });
   clipkit(['train', '--data', train, '--out', out, '--model', join(ROOT, 'models', 'cifar10-clip', 'train-model.json'), '--minutes', String(o.minutes ?? 30),
-    '--batch-size', '128', '--eval-every', '500', '--save-every', '500', '--cache-images', '--templates', 'cifar10', '--loss', 'multipos', '--warmup', '300',
+    '--patch-dropout', '0.5', '--batch-size', '128', '--eval-every', '500', '--save-every', '500', '--cache-images', '--templates', 'cifar10', '--loss', 'multipos', '--warmup', '300',
     '--lr', '2e-3', '--wd', '0.05', '--crop-scale', '0.6', '--holdout', '0.1', '--vocab-size', '1024', '--seed', '0']);
   const r = JSON.parse(clipkit(['eval', '--model', join(out, 'model'), '--data', held, '--templates', 'cifar10', '--json'], true)) as { zeroShot: { top1: number; top5: number }; images: number };
   return { task: 'cifar-clip', minutes: o.minutes ?? 30, heldOutImages: r.images, top1: r.zeroShot.top1, top5: r.zeroShot.top5, run: out };
@@ -85,7 +85,7 @@ async function cifarVit(o: Opts): Promise<unknown> {
   const out = join(o.work, 'cifar-vit');
   rmSync(out, { recursive: true, force: true });
   clipkit(['vit', 'train', train, '--out', out, '--model', join(ROOT, 'eval', 'configs', 'cifar-vit.json'), '--minutes', String(o.minutes ?? 30),
-    '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
+    '--patch-dropout', '0.5', '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
     '--eval-every', '500', '--save-every', '500', '--cache-images', '--holdout', '0.1', '--seed', '0']);
   const r = JSON.parse(clipkit(['vit', 'eval', '--model', join(out, 'vit.safetensors'), '--data', held, '--confusion', join(out, 'confusion.html'), '--json'], true)) as { top1: number; top5: number; images: number };
   return { task: 'cifar-vit', minutes: o.minutes ?? 30, heldOutImages: r.images, top1: r.top1, top5: r.top5, run: out };

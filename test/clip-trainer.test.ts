@@ -152,3 +152,31 @@ test('a trainer with accumFreq follows the same loss trajectory as the plain ful
   assert.ok(full[3]! < full[0]!, 'the loss falls');
   full.forEach((l, i) => assert.ok(Math.abs(l - acc[i]!) < 2e-4, `step ${i}: ${l} vs ${acc[i]}`));
 });
+
+test('patch dropout in the CLIP trainer: the loss falls on a fixed batch, the draw is seeded, inference is unchanged; GradCache refuses it', async () => {
+  const meta = JSON.parse(readFileSync(join(FIX, 'clip_a.json'), 'utf8'));
+  const b = await batch('a');
+  const run = async (seed: number) => {
+    const model = await loadClip(join(FIX, 'clip_a.safetensors'), { config: meta.openclip_config });
+    const before = (await model.encodeImage(b.pixels)).data.slice();
+    const trainer = createClipTrainer(model, { optimizer: { lr: 1e-3 }, patchDropout: 0.5, seed });
+    const losses: number[] = [];
+    for (let i = 0; i < 6; i++) losses.push((await trainer.step(b)).loss);
+    return { losses, model, before };
+  };
+  const a = await run(0);
+  assert.ok(a.losses[5]! < a.losses[0]!, `the loss falls: ${a.losses}`);
+  const again = await run(0);
+  assert.deepEqual(again.losses, a.losses, 'the same seed gives the same steps');
+  const other = await run(1);
+  assert.notDeepEqual(other.losses.slice(0, 1), a.losses.slice(0, 1), 'another seed drops other patches');
+  // The full-batch step without dropout differs from the one with it (the graph really drops patches).
+  const plain = await loadClip(join(FIX, 'clip_a.safetensors'), { config: meta.openclip_config });
+  const l0 = (await createClipTrainer(plain, { optimizer: { lr: 1e-3 } }).step(b)).loss;
+  assert.ok(Math.abs(l0 - a.losses[0]!) > 1e-5, `loss with and without dropout: ${l0} vs ${a.losses[0]}`);
+  // Inference (encodeImage) uses every patch: a fresh model gives the same features as before training.
+  const fresh = await loadClip(join(FIX, 'clip_a.safetensors'), { config: meta.openclip_config });
+  assert.deepEqual((await fresh.encodeImage(b.pixels)).data, a.before);
+  const gc = createClipTrainer(fresh, { accumFreq: 2, patchDropout: 0.5 });
+  await assert.rejects(gc.step(b), /patch dropout with accumFreq > 1 \(GradCache\) is not supported/);
+});

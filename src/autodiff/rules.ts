@@ -18,8 +18,33 @@ export function unbroadcast(g: T, like: T): T {
     else if (like.shape[i - extra] === 1 && g.shape[i] !== 1) axes.push(i);
   }
   if (axes.length === 0) return g;
+  if (axes.every((a, i) => a === i) && axes.length < g.rank) return o.reshape(sumLeading(g, axes.length), like.shape);
   return o.reshape(o.reduceSum(g, axes, true), like.shape);
 }
+
+/**
+ * Σ over the first `k` axes (bias and LayerNorm-gain gradients: a sum over every row). With static
+ * sizes this is ones[1, rows] @ g[rows, rest] — one GEMV, 2–5× faster in ONNX Runtime than
+ * ReduceSum over leading axes, which is memory-bound and single-threaded there. Returns [rest…].
+ */
+export function sumLeading(g: T, k: number): T {
+  const lead = g.shape.slice(0, k);
+  const rest = g.shape.slice(k);
+  if (lead.some((d) => typeof d !== 'number') || rest.some((d) => typeof d !== 'number') || (g.dtype !== 'float32' && g.dtype !== 'float64')) {
+    return o.reduceSum(g, lead.map((_, i) => i), false);
+  }
+  const rows = (lead as number[]).reduce((a, b) => a * b, 1);
+  const cols = (rest as number[]).reduce((a, b) => a * b, 1);
+  const key = `${g.dtype}:${rows}`;
+  const cache = onesCache.get(g.graph) ?? onesCache.set(g.graph, new Map()).get(g.graph)!;
+  let ones = cache.get(key);
+  if (!ones) {
+    ones = o.constant(g.graph, g.dtype === 'float64' ? new Float64Array(rows).fill(1) : new Float32Array(rows).fill(1), [1, rows], g.dtype);
+    cache.set(key, ones);
+  }
+  return o.reshape(o.matmul(ones, o.reshape(g, [rows, cols])), rest);
+}
+const onesCache = new WeakMap<Tensor['graph'], Map<string, T>>();
 
 const inp = (n: Node, i: number): T => n.inputs[i]!;
 const out = (n: Node, i = 0): T => n.outputs[i]!;
@@ -159,7 +184,7 @@ export const RULES: Record<string, GradRule> = {
     const dx = wants[0]
       ? o.mul(out(n, 2), o.sub(o.sub(g, o.reduceMean(g, [-1], true)), o.mul(xhat, o.reduceMean(o.mul(g, xhat), [-1], true))))
       : undefined;
-    return [dx, wants[1] ? o.reduceSum(o.mul(dy, xhat), lead) : undefined, wants[2] ? o.reduceSum(dy, lead) : undefined];
+    return [dx, wants[1] ? sumLeading(o.mul(dy, xhat), lead.length) : undefined, wants[2] ? sumLeading(dy, lead.length) : undefined];
   },
   ReduceSum: (n, [dy]) => {
     const x = inp(n, 0);

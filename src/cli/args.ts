@@ -1,5 +1,6 @@
 // Option parsing for subcommands: node's parseArgs in strict mode (unknown options are errors), plus
 // typed, range-checked conversion so a bad value names the option and what was expected.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
 export type OptSpec =
@@ -69,4 +70,30 @@ export function usage(cmd: string, summary: string, specs: Specs, args = ''): st
     lines.push(`  --${k}${s.type === 'boolean' ? '' : ` <${s.type}>`}  ${s.help}${dflt}`);
   }
   return lines.join('\n');
+}
+
+/**
+ * `--resume` continues the run stored in the run folder: options that would define a different run
+ * are refused (rather than silently ignored); only those in `allowed` may accompany it.
+ */
+export function checkResumeFlags(cmd: string, argv: readonly string[], allowed: readonly string[]): void {
+  const given = argv.filter((a) => a.startsWith('--')).map((a) => a.slice(2).split('=')[0]!);
+  const bad = [...new Set(given.filter((k) => !allowed.includes(k)))];
+  if (bad.length) throw new UsageError(`${cmd}: --resume continues the run stored in --out; do not pass ${bad.map((k) => `--${k}`).join(', ')}`);
+}
+
+/** Reads a run folder's config.json for --resume, with a clear error when there is none. */
+export function readRunConfig<T>(cmd: string, out: string): T {
+  const file = `${out}/config.json`;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    throw new UsageError(`${cmd}: --resume: ${file} not found (is --out a run folder?)`);
+  }
+  try {
+    return { ...(JSON.parse(text) as T), out } as T;
+  } catch (e) {
+    throw new Error(`${cmd}: ${file} is not valid JSON: ${(e as Error).message}`);
+  }
 }

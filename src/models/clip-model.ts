@@ -152,6 +152,7 @@ export class ClipModel {
   async save(path: string, o: { naming?: 'openai' | 'hf' } = {}): Promise<void> {
     const naming = o.naming ?? 'openai';
     if (naming !== 'openai' && naming !== 'hf') throw new Error(`save: naming must be 'openai' or 'hf', got '${String(naming)}'`);
+    if (naming === 'hf' && this.config.vision.convStem?.length) throw new Error("save: Hugging Face's CLIPModel has no convolutional stem; save this model with naming 'openai'");
     const shapes = ClipModel.paramShapes(this.config);
     const tensors: { name: string; shape: number[]; data: Float32Array }[] = [];
     for (const [name, shape] of shapes) {

@@ -21,11 +21,15 @@ export interface OpenClipConfig {
     attentional_pool?: boolean;
     pos_embed_type?: 'learnable' | 'sin_cos_2d';
     no_ln_pre?: boolean;
+    /** clipkit's extension: 3×3 convolutions (output channels) before the patch embedding. */
+    conv_stem?: number[];
+    /** OpenCLIP's patch dropout (training only). */
+    patch_dropout?: number;
   };
   text_cfg: { context_length?: number; vocab_size?: number; width?: number; heads?: number; layers?: number; mlp_ratio?: number };
 }
 
-const VISION_KEYS = ['image_size', 'layers', 'width', 'patch_size', 'head_width', 'mlp_ratio', 'pool_type', 'attentional_pool', 'pos_embed_type', 'no_ln_pre'];
+const VISION_KEYS = ['image_size', 'layers', 'width', 'patch_size', 'head_width', 'mlp_ratio', 'pool_type', 'attentional_pool', 'pos_embed_type', 'no_ln_pre', 'conv_stem', 'patch_dropout'];
 const TEXT_KEYS = ['context_length', 'vocab_size', 'width', 'heads', 'layers', 'mlp_ratio'];
 const TOP_KEYS = ['embed_dim', 'quick_gelu', 'init_logit_bias', 'vision_cfg', 'text_cfg'];
 /** OpenCLIP keys that select an architecture we do not implement: refuse rather than load wrongly. */
@@ -69,6 +73,8 @@ export function fromOpenClip(raw: unknown): ClipConfig {
       posEmbed: v.pos_embed_type === 'sin_cos_2d' ? 'sincos' : 'learned',
       lnPre: !v.no_ln_pre,
       outputDim: embedDim,
+      ...(v.conv_stem?.length ? { convStem: v.conv_stem } : {}),
+      ...(v.patch_dropout ? { patchDropout: num('vision_cfg.patch_dropout', v.patch_dropout) } : {}),
     }),
     text: {
       contextLength: num('text_cfg.context_length', t.context_length, 77),
@@ -101,6 +107,8 @@ export function toOpenClip(c: ClipConfig): OpenClipConfig {
       ...(v.pool === 'attn' ? { attentional_pool: true } : {}),
       ...(v.posEmbed === 'sincos' ? { pos_embed_type: 'sin_cos_2d' as const } : {}),
       ...(v.lnPre ? {} : { no_ln_pre: true }),
+      ...(v.convStem?.length ? { conv_stem: [...v.convStem] } : {}),
+      ...(v.patchDropout ? { patch_dropout: v.patchDropout } : {}),
     },
     text_cfg: {
       context_length: c.text.contextLength,
@@ -223,6 +231,7 @@ export function fromShapes(shapes: Map<string, readonly number[]>): ClipConfig {
       pool: hasCls ? 'cls' : shapes.has('visual.attn_pool.query') ? 'attn' : 'mean',
       lnPre: shapes.has('visual.ln_pre.weight'),
       outputDim: embedDim,
+      ...(shapes.has('visual.stem.0.weight') ? { convStem: Array.from({ length: count('visual.stem.') }, (_, i) => need(`visual.stem.${i}.weight`)[0]!) } : {}),
     }),
     text: {
       contextLength: need('positional_embedding')[0]!,

@@ -31,6 +31,13 @@ export interface VitConfig {
    * Absent or empty: the plain ViT.
    */
   convStem?: number[];
+  /**
+   * Patch dropout in training (OpenCLIP's patch_dropout, FLIP): this fraction of the patch tokens
+   * of each image is dropped at random after the position embedding, so a step costs less; the
+   * class token is kept. Inference graphs use every patch. The kept indices are the graph input
+   * `patch_keep` [N, kept, 1] (int64), one random subset per image (see `patchKeepIndices`).
+   */
+  patchDropout?: number;
 }
 
 export function vitDefaults(c: Partial<VitConfig> & Pick<VitConfig, 'imageSize' | 'patchSize' | 'width' | 'layers'>): VitConfig {
@@ -55,6 +62,7 @@ export function validateVit(c: VitConfig): void {
     if (!Number.isInteger(c[k]) || c[k] < 1) bad(`${k} must be a positive integer, got ${c[k]}`);
   }
   if (c.convStem !== undefined && (!Array.isArray(c.convStem) || c.convStem.some((k) => !Number.isInteger(k) || k < 1))) bad(`convStem must be a list of positive channel counts, got ${JSON.stringify(c.convStem)}`);
+  if (c.patchDropout !== undefined && !(c.patchDropout >= 0 && c.patchDropout < 1)) bad(`patchDropout must be in [0, 1), got ${c.patchDropout}`);
   if (c.imageSize % c.patchSize !== 0) bad(`imageSize ${c.imageSize} is not a multiple of patchSize ${c.patchSize}`);
   if (c.width % c.heads !== 0) bad(`width ${c.width} is not divisible by heads ${c.heads}`);
   if (!(c.mlpRatio > 0)) bad(`mlpRatio must be > 0`);
@@ -65,6 +73,29 @@ export function validateVit(c: VitConfig): void {
 /** Tokens per image: the patches, plus one class token when pooling by it. */
 export function vitTokens(c: VitConfig): number {
   return (c.imageSize / c.patchSize) ** 2 + (c.pool === 'cls' ? 1 : 0);
+}
+
+/** Patch tokens kept per image under patch dropout (at least one). */
+export function keptPatches(c: VitConfig): number {
+  const patches = (c.imageSize / c.patchSize) ** 2;
+  return Math.max(1, Math.round(patches * (1 - (c.patchDropout ?? 0))));
+}
+
+/** The `patch_keep` input: for each of `n` images, `keptPatches(c)` distinct patch indices drawn by `r`. */
+export function patchKeepIndices(c: VitConfig, n: number, r: { int(k: number): number }): { data: BigInt64Array; shape: [number, number, number] } {
+  const patches = (c.imageSize / c.patchSize) ** 2;
+  const keep = keptPatches(c);
+  const out = new BigInt64Array(n * keep);
+  const perm = new Int32Array(patches);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < patches; j++) perm[j] = j;
+    for (let j = 0; j < keep; j++) {
+      const k = j + r.int(patches - j); // partial Fisher–Yates
+      [perm[j], perm[k]] = [perm[k]!, perm[j]!];
+      out[i * keep + j] = BigInt(perm[j]!);
+    }
+  }
+  return { data: out, shape: [n, keep, 1] };
 }
 
 /** MAE's fixed 2-D sine-cosine position embedding: half the width encodes the row, half the column. */
@@ -121,15 +152,25 @@ export function vit(g: Graph, pixels: Tensor, c: VitConfig): Tensor {
   });
   const conv1 = g.param('conv1.weight', [W, cin, p, p], { kind: 'kaiming_uniform', fanIn: cin * p * p, fanOut: W, gain: 1 });
   let x = linearWith(patchify(feat, p), o.reshape(conv1, [W, cin * p * p]), null); // [N, grid², W]
-  if (c.pool === 'cls') {
-    const cls = g.param('class_embedding', [W], { kind: 'normal', std: scale });
-    x = o.concat([o.expand(o.reshape(cls, [1, 1, W]), [n!, 1, W], x), x], 1); // [N, grid²+1, W]
-  }
+  const cls = c.pool === 'cls' ? g.param('class_embedding', [W], { kind: 'normal', std: scale }) : undefined;
   const pos =
     c.posEmbed === 'learned'
       ? g.param('positional_embedding', [tokens, W], { kind: 'normal', std: scale })
       : o.constant(g, sincos2d(W, grid, c.pool === 'cls'), [tokens, W]);
-  x = o.add(x, pos);
+  if (g.mode === 'train' && (c.patchDropout ?? 0) > 0) {
+    // Position embeddings first, then a random subset of the patch tokens per image (FLIP).
+    x = o.add(x, cls ? o.slice(pos, 0, 1, tokens) : pos);
+    const keep = keptPatches(c);
+    const idx = g.input('patch_keep', [n!, keep, 1], 'int64');
+    x = o.gatherElements(x, o.expand(idx, [n!, keep, W]), 1); // [N, keep, W]
+    if (cls) {
+      const first = o.reshape(o.add(cls, o.reshape(o.slice(pos, 0, 0, 1), [W])), [1, 1, W]);
+      x = o.concat([o.expand(first, [n!, 1, W], x), x], 1);
+    }
+  } else {
+    if (cls) x = o.concat([o.expand(o.reshape(cls, [1, 1, W]), [n!, 1, W], x), x], 1); // [N, grid²+1, W]
+    x = o.add(x, pos);
+  }
   if (c.lnPre) x = layerNorm(g, 'ln_pre', x);
   x = transformer(g, 'transformer', x, { width: W, layers: c.layers, heads: c.heads, mlpRatio: c.mlpRatio, act: c.act });
 

@@ -3,6 +3,8 @@
 // clamp. After each step `model.params` holds the updated weights, so `model.save` writes them.
 import type { ClipModel } from '../models/clip-model.js';
 import { fullClipGraph } from '../models/clip.js';
+import { type VitConfig, patchKeepIndices } from '../models/vit.js';
+import { Rng } from '../nn/init.js';
 import type { AdamWConfig } from '../optim/adamw.js';
 import type { Schedule } from '../optim/schedule.js';
 import { type OptimizerState, TrainStep } from '../optim/step.js';
@@ -27,6 +29,13 @@ export interface ClipTrainerOptions {
    * gradient stay those of the full batch, memory that of one micro-batch (OpenCLIP's --accum-freq).
    */
   accumFreq?: number;
+  /**
+   * Patch dropout for the image tower in training (FLIP; OpenCLIP's patch_dropout): this fraction of
+   * each image's patch tokens is dropped at random, per step. Default: the model config's, else 0.
+   */
+  patchDropout?: number;
+  /** Seed of the patch-dropout draws (default 0); the draw of step t depends only on (seed, t). */
+  seed?: number | string;
 }
 
 export interface ClipBatch {
@@ -81,7 +90,10 @@ export class ClipTrainer {
     if (tokens.shape.length !== 2 || tokens.shape[0] !== n) throw new Error(`trainer.step: tokens must be [${n}, L], got [${tokens.shape}]`);
     if (n < 2) throw new Error('trainer.step: a contrastive batch needs at least 2 pairs');
     const len = tokens.shape[1]!;
-    if ((this.options.accumFreq ?? 1) > 1) return this.accumulatedStep(batch, n, len);
+    if ((this.options.accumFreq ?? 1) > 1) {
+      if (this.patchDropout > 0) throw new Error('trainer.step: patch dropout with accumFreq > 1 (GradCache) is not supported; use one or the other');
+      return this.accumulatedStep(batch, n, len);
+    }
     const ts = await this.stepFor(n, len);
     const feeds: Record<string, HostTensor> = {
       pixels: { data: pixels.data, shape: pixels.shape },
@@ -91,6 +103,7 @@ export class ClipTrainer {
       if (!batch.groups || batch.groups.length !== n) throw new Error('trainer.step: the multi-positive loss needs `groups` (one class or caption id per pair)');
       feeds.targets = { data: positiveTargets(batch.groups), shape: [n, n] };
     }
+    if (this.patchDropout > 0) feeds.patch_keep = patchKeepIndices(this.trainVision, n, new Rng(`patch:${this.options.seed ?? 0}:${ts.t}`));
     const r = await ts.step(feeds);
     this.model.markUpdated();
     return { loss: r.loss, lr: r.lr, gradNorm: r.gradNorm };
@@ -120,6 +133,15 @@ export class ClipTrainer {
     this.acc.step++;
     this.model.markUpdated();
     return { loss, lr, gradNorm };
+  }
+
+  private get patchDropout(): number {
+    return this.options.patchDropout ?? this.model.config.vision.patchDropout ?? 0;
+  }
+
+  /** The image tower's config in training graphs (the trainer's patch dropout applied). */
+  private get trainVision(): VitConfig {
+    return { ...this.model.config.vision, patchDropout: this.patchDropout };
   }
 
   private shapeMap?: Map<string, readonly number[]>;
@@ -160,7 +182,7 @@ export class ClipTrainer {
 
   private async build(n: number, len: number): Promise<TrainStep> {
     const o = this.options;
-    const { g, img, txt, scale, bias } = fullClipGraph(this.model.config, n, len);
+    const { g, img, txt, scale, bias } = fullClipGraph({ ...this.model.config, vision: this.trainVision }, n, len);
     const kind = o.loss ?? 'clip';
     const { loss } =
       kind === 'siglip'

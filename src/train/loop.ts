@@ -61,6 +61,11 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
     writeCurves();
   };
   try {
+    // A finished run resumed: nothing left to do (the loop below checks only after a step).
+    if (total !== undefined && step >= total) {
+      writeCurves();
+      return { steps: step, seconds: (Date.now() - started) / 1000, finalLoss: lastLoss, lastEval };
+    }
     outer: for (;;) {
       let any = false;
       for await (const b of o.loader.batches(epoch, nextBatch)) {

@@ -38,6 +38,8 @@ export interface RunConfig {
   clipNorm?: number;
   loss: 'clip' | 'siglip' | 'multipos';
   lockImage: boolean;
+  /** Patch dropout in training (FLIP); default: the model's. */
+  patchDropout?: number;
   /** Fraction of an image folder held out per class for evaluation. */
   holdout: number;
   /** A caption table (.csv/.tsv/.jsonl) evaluated by image↔text retrieval every `evalEvery` steps. */
@@ -146,6 +148,8 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
     clipNorm: cfg.clipNorm,
     lockImage: cfg.lockImage,
     accumFreq: cfg.accum,
+    patchDropout: cfg.patchDropout,
+    seed: cfg.seed,
     threads: cfg.threads,
     schedule: (s) => schedule(s),
   });

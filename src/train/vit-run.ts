@@ -9,7 +9,8 @@ import { Graph } from '../graph/graph.js';
 import * as o from '../graph/ops.js';
 import { listPresets, preset } from '../models/config.js';
 import { loadClip } from '../models/load.js';
-import { type VitConfig, validateVit, vit } from '../models/vit.js';
+import { type VitConfig, patchKeepIndices, validateVit, vit } from '../models/vit.js';
+import type { HostTensor } from '../runtime/session.js';
 import { Rng, initParams } from '../nn/init.js';
 import { TrainStep } from '../optim/step.js';
 import { warmupCosine } from '../optim/schedule.js';
@@ -26,6 +27,8 @@ export interface VitRunConfig {
   /** A CLIP preset (its vision tower), a ViT config .json, or a CLIP model to fine-tune. */
   model: string;
   pool?: 'cls' | 'mean' | 'attn';
+  /** Overrides the model's patch dropout (training only). */
+  patchDropout?: number;
   epochs?: number;
   minutes?: number;
   maxSteps?: number;
@@ -48,8 +51,9 @@ export interface VitRunConfig {
 }
 
 /** The classifier's graph: pixels → logits, with a soft-target cross-entropy for mixup/cutmix. */
-export function vitClassifierGraph(c: VitConfig, batch: number | string) {
+export function vitClassifierGraph(c: VitConfig, batch: number | string, mode: 'train' | 'infer' = 'train') {
   const g = new Graph('vit');
+  g.mode = mode;
   const pixels = g.input('pixels', [batch, 3, c.imageSize, c.imageSize]);
   const logits = g.scope('visual', () => vit(g, pixels, c));
   return { g, pixels, logits };
@@ -66,10 +70,29 @@ async function buildVit(cfg: VitRunConfig, classes: number): Promise<{ config: V
     config = { ...clip.config.vision };
     for (const [k, v] of clip.params) if (k.startsWith('visual.') && k !== 'visual.proj') init.set(k, v);
   }
+  const fromCls = config.pool === 'cls';
   config = { ...config, outputDim: 0, numClasses: classes, pool: cfg.pool ?? config.pool };
+  if (cfg.patchDropout !== undefined) config.patchDropout = cfg.patchDropout;
   validateVit(config);
   const { g } = vitClassifierGraph(config, 1);
-  if (cfg.pool && init.size && cfg.pool !== 'cls') init = new Map([...init].filter(([k]) => g.params.has(k)));
+  if (init.size) {
+    // A change of pooling changes the token count: the class token's position row goes or comes.
+    const pe = init.get('visual.positional_embedding');
+    const toCls = config.pool === 'cls';
+    if (pe && fromCls && !toCls) init.set('visual.positional_embedding', pe.slice(config.width));
+    if (pe && !fromCls && toCls) {
+      const withRow = new Float32Array(pe.length + config.width);
+      withRow.set(pe, config.width);
+      init.set('visual.positional_embedding', withRow);
+    }
+    // Keep what the new graph has with the same size; the rest (head, new pooling) starts fresh.
+    init = new Map(
+      [...init].filter(([k, v]) => {
+        const p = g.params.get(k);
+        return p !== undefined && p.shape.reduce((a, b) => a * (b as number), 1) === v.length;
+      }),
+    );
+  }
   return { config, params: initParams(g, cfg.seed, init) };
 }
 
@@ -182,7 +205,9 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
         b.labels.forEach((l, i) => (t[i * C + l] = 1 - cfg.labelSmoothing + cfg.labelSmoothing / C));
         // Mixing draws from a stream keyed by the step, so a resumed run mixes identically.
         if (cfg.mixup > 0 || cfg.cutmix > 0) mixBatch(b.pixels.data, t, B, S, C, new Rng(`mix:${cfg.seed}:${ts.t}`), cfg.mixup, cfg.cutmix);
-        return ts.step({ pixels: b.pixels, targets: { data: t, shape: [B, C] } });
+        const feeds: Record<string, HostTensor> = { pixels: b.pixels, targets: { data: t, shape: [B, C] } };
+        if ((config.patchDropout ?? 0) > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng(`patch:${cfg.seed}:${ts.t}`));
+        return ts.step(feeds);
       },
       onTotal: (t) => {
         total = t;
@@ -227,8 +252,7 @@ export async function loadVit(path: string): Promise<{ config: VitConfig; classe
 
 /** Top-1 / top-5 and the confusion matrix (rows: true class, columns: predicted) on a loader. */
 export async function evaluateVit(config: VitConfig, params: Map<string, Float32Array>, loader: DataLoader, classes: number, threads?: number): Promise<{ metrics: Record<string, number>; confusion: number[][]; images: number }> {
-  const { g, logits } = vitClassifierGraph(config, 'N');
-  g.mode = 'infer';
+  const { g, logits } = vitClassifierGraph(config, 'N', 'infer');
   const c = await compile(g, { logits }, { paramValues: params, threads, cacheKey: false });
   const confusion = Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
   let [n, top1, top5] = [0, 0, 0];

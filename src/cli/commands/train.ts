@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TEMPLATES } from '../../eval/zeroshot.js';
 import { type RunConfig, runClipTraining } from '../../train/run.js';
-import { type OptSpec, UsageError, parse, usage } from '../args.js';
+import { type OptSpec, UsageError, checkResumeFlags, parse, readRunConfig, usage } from '../args.js';
 import type { Command } from '../main.js';
 
 const SPECS = {
@@ -24,6 +24,7 @@ const SPECS = {
   'clip-norm': { type: 'float', min: 0, help: 'global gradient-norm clipping' },
   loss: { type: 'string', default: 'clip', choices: ['clip', 'siglip', 'multipos'], help: 'contrastive loss' },
   'lock-image': { type: 'boolean', help: 'LiT: keep the image tower fixed' },
+  'patch-dropout': { type: 'float', min: 0, max: 0.95, help: 'fraction of image patch tokens dropped at random in training (FLIP, OpenCLIP patch_dropout; default: the model’s, else 0)' },
   holdout: { type: 'float', default: 0.1, min: 0, max: 0.9, help: 'fraction of each class held out for evaluation (image folders)' },
   'eval-data': { type: 'string', help: 'a .csv/.tsv/.jsonl of (image, caption) scored by retrieval recall@1/5/10 at each evaluation' },
   'eval-every': { type: 'int', default: 200, min: 0, help: 'steps between held-out evaluations (0: off)' },
@@ -81,7 +82,10 @@ const train: Command = {
     if (!opts.out) throw new UsageError('train: --out is required');
     let cfg: RunConfig;
     if (opts.resume) {
-      cfg = JSON.parse(readFileSync(join(opts.out, 'config.json'), 'utf8')) as RunConfig;
+      checkResumeFlags('train', argv, ['out', 'resume', 'json', 'threads', 'workers']);
+      cfg = readRunConfig<RunConfig>('train', opts.out);
+      if (opts.threads !== undefined) cfg.threads = opts.threads;
+      if (argv.some((a) => a.startsWith('--workers'))) cfg.workers = opts.workers;
     } else {
       if (!opts.data) throw new UsageError('train: --data is required');
       if (opts.epochs === undefined && opts.minutes === undefined && opts['max-steps'] === undefined) throw new UsageError('train: give --epochs, --minutes or --max-steps');
@@ -104,6 +108,7 @@ const train: Command = {
         clipNorm: opts['clip-norm'],
         loss: opts.loss as RunConfig['loss'],
         lockImage: opts['lock-image'],
+        patchDropout: opts['patch-dropout'],
         holdout: opts.holdout,
         evalData: opts['eval-data'],
         evalEvery: opts['eval-every'],

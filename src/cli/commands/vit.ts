@@ -3,13 +3,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { imageFolder } from '../../data/datasets.js';
 import { DataLoader } from '../../data/loader.js';
 import { evaluateVit, loadVit, runVitTraining, type VitRunConfig } from '../../train/vit-run.js';
-import { type OptSpec, UsageError, parse, usage } from '../args.js';
+import { type OptSpec, UsageError, checkResumeFlags, parse, readRunConfig, usage } from '../args.js';
 import type { Command } from '../main.js';
 
 const TRAIN = {
   out: { type: 'string', help: 'run folder' },
   model: { type: 'string', default: 'ViT-Ti-4-32', help: "a preset's image tower (clipkit info), a ViT config .json, or a CLIP model to fine-tune" },
   pool: { type: 'string', choices: ['cls', 'mean', 'attn'], help: 'pooling: class token, mean of tokens, or attention pooling (default: the model’s)' },
+  'patch-dropout': { type: 'float', min: 0, max: 0.95, help: 'fraction of patch tokens dropped at random in training (FLIP; default: the model’s, else 0)' },
   epochs: { type: 'float', min: 0, help: 'epochs' },
   minutes: { type: 'float', min: 0, help: 'time budget (the cosine schedule is fitted to it)' },
   'max-steps': { type: 'int', min: 1, help: 'steps' },
@@ -64,13 +65,15 @@ const vit: Command = {
       const { opts, positionals } = parse('vit train', rest, TRAIN);
       if (opts.help) return console.log(usage('vit train', 'train a ViT classifier on an image folder by class', TRAIN, '<folder> --out <dir>'));
       if (!opts.out) throw new UsageError('vit train: --out is required');
+      if (opts.resume) checkResumeFlags('vit train', rest, ['out', 'resume', 'json', 'threads', 'workers']);
       const cfg: VitRunConfig = opts.resume
-        ? (JSON.parse(readFileSync(`${opts.out}/config.json`, 'utf8')) as VitRunConfig)
+        ? { ...readRunConfig<VitRunConfig>('vit train', opts.out), ...(opts.threads !== undefined ? { threads: opts.threads } : {}) }
         : {
             data: positionals[0] ?? (() => { throw new UsageError('vit train: give the image folder'); })(),
             out: opts.out,
             model: opts.model,
             pool: opts.pool as VitRunConfig['pool'],
+            patchDropout: opts['patch-dropout'],
             epochs: opts.epochs,
             minutes: opts.minutes,
             maxSteps: opts['max-steps'],
