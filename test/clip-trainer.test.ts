@@ -177,6 +177,15 @@ test('patch dropout in the CLIP trainer: the loss falls on a fixed batch, the dr
   // Inference (encodeImage) uses every patch: a fresh model gives the same features as before training.
   const fresh = await loadClip(join(FIX, 'clip_a.safetensors'), { config: meta.openclip_config });
   assert.deepEqual((await fresh.encodeImage(b.pixels)).data, a.before);
+  // Unmasked tuning: switching the dropout off mid-run continues the same optimizer (step count, moments).
+  const t = createClipTrainer(await loadClip(join(FIX, 'clip_a.safetensors'), { config: meta.openclip_config }), { optimizer: { lr: 1e-3 }, patchDropout: 0.5 });
+  await t.step(b);
+  await t.step(b);
+  t.patchDropout = 0;
+  const l3 = (await t.step(b)).loss;
+  assert.equal(t.stepCount, 3);
+  assert.ok(Number.isFinite(l3) && l3 < a.losses[0]!, `after the switch: ${l3}`);
+  assert.throws(() => (t.patchDropout = 1), /patchDropout must be in \[0, 1\)/);
   const gc = createClipTrainer(fresh, { accumFreq: 2, patchDropout: 0.5 });
   await assert.rejects(gc.step(b), /patch dropout with accumFreq > 1 \(GradCache\) is not supported/);
 });

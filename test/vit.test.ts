@@ -604,9 +604,11 @@ test('patch dropout graph: keeping every patch (any order) gives the inference l
   }
 });
 
-test('CLI: vit train --patch-dropout 0.5 learns three colours; the saved model evaluates on every patch', async () => {
+test('CLI: vit train --patch-dropout 0.5 (unmasked for the last quarter) learns three colours; the saved model evaluates on every patch', async () => {
   const out = join(dir, 'pd');
-  const r = lastJson((await cli('train', data, '--out', out, '--model', join(dir, 'tiny.json'), '--patch-dropout', '0.5', '--max-steps', '60', '--holdout', '0.25', '--eval-every', '60', ...common, '--json')).stdout);
+  const res = await cli('train', data, '--out', out, '--model', join(dir, 'tiny.json'), '--patch-dropout', '0.5', '--unmasked-tune', '0.25', '--max-steps', '60', '--holdout', '0.25', '--eval-every', '60', ...common, '--json');
+  assert.match(res.stderr, /step 45: unmasked tuning — every patch from here on/);
+  const r = lastJson(res.stdout);
   assert.ok(r.top1 >= 7 / 9, `held-out top-1 ${r.top1}`);
   const saved = await loadVit(r.modelPath);
   assert.equal(saved.config.patchDropout, 0.5);

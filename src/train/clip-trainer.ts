@@ -135,8 +135,17 @@ export class ClipTrainer {
     return { loss, lr, gradNorm };
   }
 
-  private get patchDropout(): number {
+  /**
+   * The patch dropout of the next steps. Setting it (e.g. to 0 for FLIP's unmasked tuning at the end
+   * of a run) compiles the step for the new token count on first use; the optimizer state carries over.
+   */
+  get patchDropout(): number {
     return this.options.patchDropout ?? this.model.config.vision.patchDropout ?? 0;
+  }
+
+  set patchDropout(p: number) {
+    if (!(p >= 0 && p < 1)) throw new Error(`patchDropout must be in [0, 1), got ${p}`);
+    this.options.patchDropout = p;
   }
 
   /** The image tower's config in training graphs (the trainer's patch dropout applied). */
@@ -168,7 +177,7 @@ export class ClipTrainer {
 
   /** The compiled step for a batch shape; state moves over when the shape changes. */
   private async stepFor(n: number, len: number): Promise<TrainStep> {
-    const key = `${n}x${len}`;
+    const key = `${n}x${len}x${this.patchDropout}`;
     let p = this.steps.get(key);
     if (!p) {
       p = this.build(n, len);
@@ -204,5 +213,5 @@ export class ClipTrainer {
 }
 
 export function createClipTrainer(model: ClipModel, options: ClipTrainerOptions = {}): ClipTrainer {
-  return new ClipTrainer(model, options);
+  return new ClipTrainer(model, { ...options });
 }

@@ -40,6 +40,8 @@ export interface RunConfig {
   lockImage: boolean;
   /** Patch dropout in training (FLIP); default: the model's. */
   patchDropout?: number;
+  /** The last fraction of the steps trains on every patch (FLIP's unmasked tuning); default 0. */
+  unmaskedTune?: number;
   /** Fraction of an image folder held out per class for evaluation. */
   holdout: number;
   /** A caption table (.csv/.tsv/.jsonl) evaluated by image↔text retrieval every `evalEvery` steps. */
@@ -216,7 +218,13 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
       evalEvery: cfg.evalEvery,
       saveEvery: cfg.saveEvery,
       start: { step: trainer.stepCount, epoch: resumed?.position.epoch ?? 0, batch: resumed?.position.batch ?? 0, elapsedMs: (resumed?.extra.elapsedMs as number | undefined) ?? 0 },
-      step: (b) => trainer.step({ pixels: b.pixels, tokens: b.tokens, groups: groupsOf(b.labels, b.captions) }),
+      step: (b) => {
+        if (cfg.unmaskedTune && trainer.patchDropout > 0 && total !== undefined && trainer.stepCount >= (1 - cfg.unmaskedTune) * total) {
+          log(`step ${trainer.stepCount}: unmasked tuning — every patch from here on`);
+          trainer.patchDropout = 0;
+        }
+        return trainer.step({ pixels: b.pixels, tokens: b.tokens, groups: groupsOf(b.labels, b.captions) });
+      },
       onTotal: (t) => {
         total = t;
         schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, t), t);

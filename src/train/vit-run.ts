@@ -29,6 +29,8 @@ export interface VitRunConfig {
   pool?: 'cls' | 'mean' | 'attn';
   /** Overrides the model's patch dropout (training only). */
   patchDropout?: number;
+  /** The last fraction of the steps trains on every patch (FLIP's unmasked tuning); default 0. */
+  unmaskedTune?: number;
   epochs?: number;
   minutes?: number;
   maxSteps?: number;
@@ -169,21 +171,26 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
   const noText = { encode: (t: readonly string[]) => ({ data: new Int32Array(t.length), shape: [t.length, 1] as [number, number] }) };
   const loader = new DataLoader(train, { batchSize: B, imageSize: S, train: true, tokenizer: noText, contextLength: 1, seed: cfg.seed, workers: cfg.workers, cacheDecoded: cfg.cacheImages, scale: cfg.augmentScale, onSkip: (k, e) => log(`skipped unreadable image ${k}: ${e.message}`) });
 
-  // Training graph: soft targets so mixup/cutmix and label smoothing share one loss.
-  const { g, logits } = vitClassifierGraph(config, B);
-  const targets = g.input('targets', [B, C]);
-  const loss = o.neg(o.reduceMean(o.reduceSum(o.mul(o.logSoftmax(logits, -1), targets), [-1])));
   let total = cfg.maxSteps ?? (cfg.epochs && loader.batchesPerEpoch ? Math.round(cfg.epochs * loader.batchesPerEpoch) : undefined);
   if (resumed?.extra.totalSteps) total = resumed.extra.totalSteps as number;
   if (!total && !cfg.minutes) throw new Error('give --epochs, --max-steps or --minutes');
   let schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, total ?? cfg.warmup), total ?? Math.max(cfg.warmup, 1));
-  const ts = await TrainStep.create(g, loss, params, {
-    optimizer: { lr: cfg.lr, betas: [0.9, 0.999], eps: 1e-8, weightDecay: cfg.weightDecay },
-    weightDecayOf: (n, shape) => (openClipExcluded(n, shape) || n.endsWith('positional_embedding') || n.endsWith('class_embedding') ? 0 : cfg.weightDecay),
-    clipNorm: cfg.clipNorm,
-    schedule: (s) => schedule(s),
-    threads: cfg.threads,
-  });
+  // Training graph: soft targets so mixup/cutmix and label smoothing share one loss. One per patch
+  // dropout: unmasked tuning switches to the every-patch graph for the last steps.
+  const makeStep = (dropout: number): Promise<TrainStep> => {
+    const { g, logits } = vitClassifierGraph({ ...config, patchDropout: dropout }, B);
+    const targets = g.input('targets', [B, C]);
+    const loss = o.neg(o.reduceMean(o.reduceSum(o.mul(o.logSoftmax(logits, -1), targets), [-1])));
+    return TrainStep.create(g, loss, params, {
+      optimizer: { lr: cfg.lr, betas: [0.9, 0.999], eps: 1e-8, weightDecay: cfg.weightDecay },
+      weightDecayOf: (n, shape) => (openClipExcluded(n, shape) || n.endsWith('positional_embedding') || n.endsWith('class_embedding') ? 0 : cfg.weightDecay),
+      clipNorm: cfg.clipNorm,
+      schedule: (s) => schedule(s),
+      threads: cfg.threads,
+    });
+  };
+  let dropout = config.patchDropout ?? 0;
+  let ts = await makeStep(dropout);
   if (resumed) ts.loadState(resumed.optimizer);
 
   const evalLoader = held ? new DataLoader(held, { batchSize: 250, imageSize: S, train: false, tokenizer: noText, contextLength: 1, workers: cfg.workers, cacheDecoded: cfg.cacheImages }) : undefined;
@@ -201,12 +208,18 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
       saveEvery: cfg.saveEvery,
       start: { step: ts.t, epoch: resumed?.position.epoch ?? 0, batch: resumed?.position.batch ?? 0, elapsedMs: (resumed?.extra.elapsedMs as number | undefined) ?? 0 },
       step: async (b) => {
+        if (cfg.unmaskedTune && dropout > 0 && total !== undefined && ts.t >= (1 - cfg.unmaskedTune) * total) {
+          log(`step ${ts.t}: unmasked tuning — every patch from here on`);
+          const next = await makeStep(0);
+          next.loadState(ts.state);
+          [ts, dropout] = [next, 0];
+        }
         const t = new Float32Array(B * C).fill(cfg.labelSmoothing / C);
         b.labels.forEach((l, i) => (t[i * C + l] = 1 - cfg.labelSmoothing + cfg.labelSmoothing / C));
         // Mixing draws from a stream keyed by the step, so a resumed run mixes identically.
         if (cfg.mixup > 0 || cfg.cutmix > 0) mixBatch(b.pixels.data, t, B, S, C, new Rng(`mix:${cfg.seed}:${ts.t}`), cfg.mixup, cfg.cutmix);
         const feeds: Record<string, HostTensor> = { pixels: b.pixels, targets: { data: t, shape: [B, C] } };
-        if ((config.patchDropout ?? 0) > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng(`patch:${cfg.seed}:${ts.t}`));
+        if (dropout > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng(`patch:${cfg.seed}:${ts.t}`));
         return ts.step(feeds);
       },
       onTotal: (t) => {
