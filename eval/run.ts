@@ -74,7 +74,7 @@ async function cifarClip(o: Opts): Promise<unknown> {
   const out = join(o.work, 'cifar-clip');
   rmSync(out, { recursive: true, force: true });
   clipkit(['train', '--data', train, '--out', out, '--model', join(ROOT, 'models', 'cifar10-clip', 'train-model.json'), '--minutes', String(o.minutes ?? 30),
-    '--patch-dropout', '0.5', '--batch-size', '128', '--eval-every', '500', '--save-every', '500', '--cache-images', '--templates', 'cifar10', '--loss', 'multipos', '--warmup', '300',
+    '--patch-dropout', '0.5', '--unmasked-tune', '0.1', '--batch-size', '128', '--eval-every', '500', '--save-every', '500', '--cache-images', '--templates', 'cifar10', '--loss', 'multipos', '--warmup', '300',
     '--lr', '2e-3', '--wd', '0.05', '--crop-scale', '0.6', '--holdout', '0.1', '--vocab-size', '1024', '--seed', '0']);
   const r = JSON.parse(clipkit(['eval', '--model', join(out, 'model'), '--data', held, '--templates', 'cifar10', '--json'], true)) as { zeroShot: { top1: number; top5: number }; images: number };
   return { task: 'cifar-clip', minutes: o.minutes ?? 30, heldOutImages: r.images, top1: r.zeroShot.top1, top5: r.zeroShot.top5, run: out };
