@@ -172,15 +172,8 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
       img.push((await model.encodeImage(b.pixels)).data);
       txt.push((await model.encodeText(b.tokens)).data);
     }
-    const D = model.config.embedDim;
-    const cat = (parts: Float32Array[]): { data: Float32Array; shape: [number, number] } => {
-      const data = new Float32Array(parts.reduce((a, f) => a + f.length, 0));
-      let at = 0;
-      for (const f of parts) (data.set(f, at), (at += f.length));
-      return { data, shape: [data.length / D, D] };
-    };
-    const I = cat(img);
-    const r = await retrieval(I, cat(txt), Int32Array.from({ length: I.shape[0] }, (_, i) => i));
+    const I = concatRows(img, model.config.embedDim);
+    const r = await retrieval(I, concatRows(txt, model.config.embedDim), Int32Array.from({ length: I.shape[0] }, (_, i) => i));
     const out: Record<string, number> = {};
     for (const k of [1, 5, 10]) (out[`t2i_r${k}`] = r.textToImage[k]!), (out[`i2t_r${k}`] = r.imageToText[k]!);
     return out;
@@ -195,10 +188,7 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
       feats.push((await model.encodeImage(b.pixels)).data);
       labels.push(...b.labels);
     }
-    const all = new Float32Array(feats.reduce((a, f) => a + f.length, 0));
-    let at = 0;
-    for (const f of feats) (all.set(f, at), (at += f.length));
-    const r = await zeroShot(normalizeRows({ data: all, shape: [labels.length, model.config.embedDim] }), w, Int32Array.from(labels));
+    const r = await zeroShot(normalizeRows(concatRows(feats, model.config.embedDim)), w, Int32Array.from(labels));
     return { top1: r.top1, top5: r.top5, ...extra };
   };
 
@@ -262,4 +252,12 @@ export async function runClipTraining(cfg: RunConfig, resume = false, log: (s: s
     retrieval: z?.t2i_r1 !== undefined ? { textToImage: { 1: z.t2i_r1, 5: z.t2i_r5!, 10: z.t2i_r10! }, imageToText: { 1: z.i2t_r1!, 5: z.i2t_r5!, 10: z.i2t_r10! } } : undefined,
     modelDir,
   };
+}
+
+/** Batches of feature rows (each [n_i, d], flattened) as one [Σn_i, d] matrix. */
+function concatRows(parts: Float32Array[], d: number): { data: Float32Array; shape: [number, number] } {
+  const data = new Float32Array(parts.reduce((a, f) => a + f.length, 0));
+  let at = 0;
+  for (const f of parts) (data.set(f, at), (at += f.length));
+  return { data, shape: [data.length / d, d] };
 }

@@ -1,6 +1,5 @@
 // clipkit train: contrastive training of a CLIP model from scratch or from a checkpoint.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { TEMPLATES } from '../../eval/zeroshot.js';
 import { type RunConfig, runClipTraining } from '../../train/run.js';
 import { type OptSpec, UsageError, checkResumeFlags, parse, readRunConfig, usage } from '../args.js';

@@ -1,5 +1,5 @@
 // clipkit vit train|eval: ViT image classification (chapter 5.2), from scratch or from a CLIP tower.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { imageFolder } from '../../data/datasets.js';
 import { DataLoader } from '../../data/loader.js';
 import { evaluateVit, loadVit, runVitTraining, type VitRunConfig } from '../../train/vit-run.js';
