@@ -24,6 +24,7 @@ import { loadClip } from '../src/models/load.js';
 import { compile } from '../src/runtime/compile.js';
 import { Session } from '../src/runtime/session.js';
 import { createClipTrainer } from '../src/train/clip-trainer.js';
+import { rowCosines } from '../src/eval/cosine.js';
 
 const PYTHON = process.env.CLIPKIT_BENCH_PYTHON ?? '/usr/bin/python3';
 // dist/bench/clip.js → bench/torch_clip.py (the script is not compiled, so it stays in bench/).
@@ -210,6 +211,15 @@ async function clipInfer(ctx: Ctx): Promise<void> {
     ours.full = await measure(() => model.encodeText(full), textReps);
     ours.short = await measure(() => model.encodeText(short), shortReps);
 
+    // Ours with int8 linear layers (quantize: 'int8'): not bit-comparable, so its distance is reported
+    // as the cosine between its features and PyTorch's (random weights: a harsher case than trained ones).
+    const q8 = await loadClip(join(dir, 'weights.safetensors'), { config: cfg, threads: THREADS, quantize: 'int8' });
+    const qi = (await q8.encodeImage(pixels)).data;
+    const qf = (await q8.encodeText(full)).data;
+    console.log(`  int8: cosine to PyTorch's features, min/mean over rows: image ${cosines(qi, ref.image, 512)}, text (77) ${cosines(qf, ref.full, 512)}`);
+    ours.q8image = await measure(() => q8.encodeImage(pixels), imageReps);
+    ours.q8full = await measure(() => q8.encodeText(full), textReps);
+
     const eager = { image: best(t.cases.get('image')), full: best(t.cases.get('text_full')), short: best(t.cases.get('text_short')) };
     const shortLen = 7;
     const tried = threads.join(' and ');
@@ -227,6 +237,13 @@ async function clipInfer(ctx: Ctx): Promise<void> {
     ] as const) {
       lines.push(...L(c, unit, n, ours[key]!, of, bf));
       lines.push({ case: '', unit, items: n, ours: ours[key], oursFlops: of, base: ort[key], baseFlops: bf, baseName: `(b) torch.onnx.export → onnxruntime-node @${THREADS}t` });
+    }
+    for (const [c, unit, n, key, q, of] of [
+      [`${imgCase}, ours int8`, 'img', imageBatch, 'image', 'q8image', IMAGE_FLOPS * imageBatch],
+      [`${fullCase.replace(' (eot last; like for like)', '')}, ours int8`, 'txt', textBatch, 'full', 'q8full', textFlops(77) * textBatch],
+    ] as const) {
+      lines.push({ case: c, unit, items: n, ours: ours[q], oursFlops: of, base: eager[key], baseFlops: of, baseName: `(a) PyTorch eager (best of ${tried}t)` });
+      lines.push({ case: '', unit, items: n, ours: ours[q], oursFlops: of, base: ort[key], baseFlops: of, baseName: `(b) torch.onnx.export → onnxruntime-node @${THREADS}t` });
     }
     printSpeedTable(
       `clip-infer: ViT-B/32 towers, ours @${THREADS}t (weights from PyTorch, quick_gelu). speedup = baseline time / our time (above 1: we are faster). ` +
@@ -292,3 +309,9 @@ export const CLIP: Bench[] = [
   { group: 'clip', name: 'clip-infer', title: 'ViT-B/32 encodeImage/encodeText vs PyTorch eager and its ONNX export on onnxruntime-node', run: clipInfer },
   { group: 'clip', name: 'clip-train', title: 'small CLIP training step (CLIP loss + AdamW) vs PyTorch', run: clipTrain },
 ];
+
+/** "min/mean" of the row-wise cosine similarities of two [N, d] feature sets. */
+function cosines(a: Float32Array, b: Float32Array, d: number): string {
+  const cs = rowCosines(a, b, d);
+  return `${Math.min(...cs).toFixed(4)}/${(cs.reduce((x, y) => x + y, 0) / cs.length).toFixed(4)}`;
+}

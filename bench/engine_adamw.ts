@@ -10,7 +10,7 @@ import { type Row, printTable } from './report.js';
 import { measureInterleaved } from './stats.js';
 import { at, best, runTorch } from './torch.js';
 import { Graph, type Tensor } from '../src/graph/graph.js';
-import { ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarValues } from '../src/optim/adamw.js';
+import { ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarInputs, adamwScalarValues } from '../src/optim/adamw.js';
 import { compile } from '../src/runtime/compile.js';
 import type { HostTensor } from '../src/runtime/session.js';
 
@@ -30,7 +30,7 @@ async function placeAt(total: number, threads: number[], reps: { warmup: number;
 
   // The update as a graph: params, grads and both moments in, new params and moments out.
   const g = new Graph('adamw');
-  const s = { lr: g.input('lr', []), bc1: g.input('bc1', []), bc2: g.input('bc2', []) };
+  const s = adamwScalarInputs(g, '');
   const outs: Record<string, Tensor> = {};
   names.forEach((k) => {
     const u = adamwGraph(g.input(k, shape), g.input(`g.${k}`, shape), g.input(`m.${k}`, shape), g.input(`v.${k}`, shape), s, CFG, CFG.weightDecay);
@@ -41,8 +41,8 @@ async function placeAt(total: number, threads: number[], reps: { warmup: number;
   const sc = adamwScalarValues(CFG, CFG.lr, 10);
   const feeds: Record<string, HostTensor> = {
     lr: host(Float32Array.of(sc.lr), []),
-    bc1: host(Float32Array.of(sc.bc1), []),
-    bc2: host(Float32Array.of(sc.bc2), []),
+    a: host(Float32Array.of(sc.a), []),
+    e: host(Float32Array.of(sc.e), []),
   };
   names.forEach((k, i) => {
     feeds[k] = host(p[i]!, shape);

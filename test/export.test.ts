@@ -265,6 +265,26 @@ test('clipkit export: fixed batch, shorter text, external data, --opset-check', 
   }
 });
 
+test('clipkit export --int8: DynamicQuantizeMatMul towers that plain onnxruntime-node runs, equal to the int8 model in clipkit', async () => {
+  const dir = tmp();
+  try {
+    const model = ClipModel.random(fromOpenClip(TINY), 6);
+    await model.save(join(dir, 'tiny.safetensors'));
+    const out = join(dir, 'onnx');
+    const res = await cli(['export', '--model', join(dir, 'tiny.safetensors'), '--out', out, '--int8', '--opset-check', '--json']);
+    assert.equal(res.code, 0, res.stderr);
+    const meta = JSON.parse(res.stdout) as ExportMetadata & { check: { problems: string[]; vision: number; text: number } };
+    assert.equal(meta.quantize, 'int8');
+    for (const m of [meta.models.vision, meta.models.text]) assert.ok(m.ops['com.microsoft']?.includes('DynamicQuantizeMatMul'), `${m.file}: ${JSON.stringify(m.ops)}`);
+    assert.ok(meta.check.vision <= 1e-5 && meta.check.text <= 1e-5, JSON.stringify(meta.check));
+    const q8 = await loadClip(join(dir, 'tiny.safetensors'), { quantize: 'int8' });
+    const x = randomInputs(3, 32, 8, 300, 9);
+    assertClose('int8 vision', await runNode(out, 'vision.onnx', 'pixels', x.pixels), (await q8.encodeImage(x.pixels as { data: Float32Array; shape: number[] })).data, 1e-5);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('clipkit export: malformed calls fail with a clear message and exit code 2', async () => {
   const dir = tmp();
   try {

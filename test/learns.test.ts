@@ -81,13 +81,13 @@ test('a two-layer transformer classifier learns which token is in the majority: 
   assert.ok(tail < 0.1, `mean of the last 20 losses ${tail.toFixed(3)} (first ${losses[0]!.toFixed(3)})`);
 });
 
-test('the in-graph AdamW update and the in-place TypeScript update give the same trajectory', async () => {
-  const run = async (update: 'graph' | 'js') => {
+test('the in-graph AdamW update and the in-place TypeScript update give the same trajectory, outputs whole or in pieces', async () => {
+  const run = async (update: 'graph' | 'js', outputPiece?: number) => {
     const g = new Graph('mlp');
     const x = g.input('x', [32, 8]);
     const y = g.input('y', [32], 'int64');
     const loss = crossEntropy(linear(g, 'fc2', o.gelu(linear(g, 'fc1', x, 16)), 3), y);
-    const step = await TrainStep.create(g, loss, initParams(g, 5), { optimizer: { lr: 1e-2, weightDecay: 0.1 }, clipNorm: 0.5, update, threads: 1 });
+    const step = await TrainStep.create(g, loss, initParams(g, 5), { optimizer: { lr: 1e-2, weightDecay: 0.1 }, clipNorm: 0.5, update, threads: 1, outputPiece });
     const data = new Rng(11);
     const out: number[] = [];
     for (let i = 0; i < 20; i++) {
@@ -95,10 +95,18 @@ test('the in-graph AdamW update and the in-place TypeScript update give the same
       const yb = BigInt64Array.from({ length: 32 }, () => BigInt(data.int(3)));
       out.push((await step.step({ x: { data: xb, shape: [32, 8] }, y: { data: yb, shape: [32] } })).loss);
     }
-    return { out, w: step.values.get('fc1.weight')! };
+    return { out, values: step.values, m: step.state.m };
   };
   const a = await run('graph');
-  const b = await run('js');
-  for (let i = 0; i < a.out.length; i++) assert.ok(Math.abs(a.out[i]! - b.out[i]!) < 1e-5, `step ${i}: ${a.out[i]} vs ${b.out[i]}`);
-  assert.ok(a.w.every((v, i) => Math.abs(v - b.w[i]!) < 1e-5));
+  for (const [label, b] of [
+    ['js', await run('js')],
+    ['graph, outputs in pieces of 7', await run('graph', 7)],
+    ['js, gradients in pieces of 7', await run('js', 7)],
+  ] as const) {
+    for (let i = 0; i < a.out.length; i++) assert.ok(Math.abs(a.out[i]! - b.out[i]!) < 1e-5, `${label}, step ${i}: ${a.out[i]} vs ${b.out[i]}`);
+    for (const [name, w] of a.values) assert.ok(w.every((v, i) => Math.abs(v - b.values.get(name)![i]!) < 1e-5), `${label}: ${name} differs`);
+    for (const [name, m] of a.m) assert.ok(m.every((v, i) => Math.abs(v - b.m.get(name)![i]!) < 1e-6), `${label}: first moment of ${name} differs`);
+  }
+  // Pieces are used: fc1.weight has 128 elements, so 19 pieces of ≤ 7.
+  assert.equal(a.values.get('fc1.weight')!.length, 128);
 });

@@ -33,6 +33,8 @@ export interface EmbedOptions {
   threads?: number;
   /** No progress line. */
   quiet?: boolean;
+  /** 'int8': towers with int8 linear layers (see ClipModelOptions.quantize). */
+  quantize?: 'none' | 'int8';
 }
 
 export interface EmbedSummary {
@@ -52,7 +54,7 @@ export async function runEmbed(o: EmbedOptions): Promise<EmbedSummary> {
   const [shard, shards] = o.shard;
   const input = await openInput(o.inputs);
   if (o.captions && !input.captions) throw new Error('--captions: this input has no captions (a flat folder of images); use a caption table, tar shards with .txt files, or a folder by class');
-  const towers = await ensureTowers(o.modelPath, o.cacheRoot);
+  const towers = await ensureTowers(o.modelPath, o.cacheRoot, { quantize: o.quantize });
   const D = towers.meta.embedDim;
   const size = towers.meta.image.size;
   const tokenizer = o.captions ? await findTokenizer('embed', o.modelPath, o.tokenizer, { config: fromOpenClip(towers.meta.config) }) : undefined;

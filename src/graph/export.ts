@@ -134,11 +134,11 @@ const STANDARD_SINCE: Record<string, number> = {
   Equal: 1, Erf: 9, Exp: 1, Expand: 8, Gather: 1, GatherElements: 11, Gemm: 1, Greater: 1, Identity: 1,
   LayerNormalization: 17, Less: 1, Log: 1, LogSoftmax: 1, MatMul: 1, Max: 1, Min: 1, Mul: 1, Neg: 1,
   Pad: 1, Pow: 1, Reciprocal: 1, ReduceMax: 1, ReduceMean: 1, ReduceProd: 1, ReduceSum: 1, Relu: 1,
-  Reshape: 1, ScatterElements: 11, Shape: 1, Sigmoid: 1, Sign: 9, Slice: 1, Softmax: 1, Split: 1,
+  Reshape: 1, Round: 11, ScatterElements: 11, Shape: 1, Sigmoid: 1, Sign: 9, Slice: 1, Softmax: 1, Split: 1,
   Sqrt: 1, Squeeze: 1, Sub: 1, Tanh: 1, Transpose: 1, Trilu: 14, Unsqueeze: 1, Where: 9,
 };
 /** com.microsoft contrib ops (version 1) that every ONNX Runtime build ships, wasm included. */
-const CONTRIB = new Set(['Attention', 'Gelu', 'FastGelu', 'QuickGelu']);
+const CONTRIB = new Set(['Attention', 'Gelu', 'FastGelu', 'QuickGelu', 'DynamicQuantizeMatMul']);
 
 /**
  * Checks that every op of a written model belongs to an opset the model declares: standard ops exist

@@ -2,7 +2,7 @@
 // are ONNX ops, and named inputs, outputs, parameters and constants. Ops live in ops.ts; this file
 // only holds the data structures and the bookkeeping every op shares.
 
-export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'bool';
+export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'int8' | 'bool';
 /** A dimension: a number, or a symbol such as 'N' that stands for a size known only at run time. */
 export type Dim = number | string;
 export type Shape = readonly Dim[];
@@ -15,8 +15,10 @@ export type TypedArrayFor<D extends DType> = D extends 'float32'
       ? BigInt64Array
       : D extends 'int32'
         ? Int32Array
-        : Uint8Array;
-export type AnyTypedArray = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
+        : D extends 'int8'
+          ? Int8Array
+          : Uint8Array;
+export type AnyTypedArray = Float32Array | Float64Array | BigInt64Array | Int32Array | Int8Array | Uint8Array;
 
 /** Attribute values, tagged with their ONNX kind so an integer-valued float stays a float. */
 export type Attr =
@@ -95,6 +97,12 @@ export class Graph {
    * be differentiated); 'train' (the default) keeps to ops the autodiff knows.
    */
   mode: 'train' | 'infer' = 'train';
+
+  /**
+   * 'int8' (inference graphs only): linear layers run as dynamically quantized int8 GEMMs — weights
+   * quantized per output channel when the session is created, activations per tensor at run time.
+   */
+  quantize: 'none' | 'int8' = 'none';
 
   constructor(readonly name = 'clipkit') {}
 

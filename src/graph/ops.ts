@@ -81,6 +81,7 @@ export const erf = (x: T): T => unary('Erf', x);
 export const tanh = (x: T): T => unary('Tanh', x);
 export const sigmoid = (x: T): T => unary('Sigmoid', x);
 export const relu = (x: T): T => unary('Relu', x);
+export const round = (x: T): T => unary('Round', x);
 export const reciprocal = (x: T): T => unary('Reciprocal', x);
 export const identity = (x: T): T => unary('Identity', x, {}, '', false);
 /** Exact GELU, x·Φ(x) (com.microsoft Gelu: one fused kernel). */
@@ -105,7 +106,7 @@ export function cast(x: T, to: DType): T {
 }
 
 export function onnxDType(d: DType): number {
-  return { float32: 1, float64: 11, int64: 7, int32: 6, bool: 9 }[d];
+  return { float32: 1, float64: 11, int64: 7, int32: 6, int8: 3, bool: 9 }[d];
 }
 
 // ---------------------------------------------------------------- normalisation and softmax
@@ -491,4 +492,20 @@ export function fusedAttention(x: T, w: T, b: T, heads: number, causal: boolean)
     fail('Attention', [x, w, b], `expects x [N, T, D], weights [D, 3D], bias [3D]`);
   }
   return x.graph.addNode('Attention', [x, w, b], [{ shape: x.shape, dtype: x.dtype }], { num_heads: { i: heads }, unidirectional: { i: causal ? 1 : 0 } }, MS)[0]!;
+}
+
+/**
+ * com.microsoft.DynamicQuantizeMatMul: x (float, any leading axes) quantized to uint8 per tensor at
+ * run time, times int8 weights wq [K, N] with per-column scales [N] (symmetric: zero point 0), plus
+ * an optional bias [N]; float output. Inference only (no gradient rule).
+ */
+export function dynamicQuantizeMatMul(x: T, wq: T, scale: T, bias: T | null): T {
+  const k = x.shape[x.rank - 1];
+  const [kw, n] = wq.shape as [number, number];
+  if (wq.rank !== 2 || wq.dtype !== 'int8' || k !== kw || scale.rank !== 1 || scale.shape[0] !== n || (bias && (bias.rank !== 1 || bias.shape[0] !== n))) {
+    fail('DynamicQuantizeMatMul', bias ? [x, wq, scale, bias] : [x, wq, scale], 'expects x [..., K], int8 weights [K, N], scales [N] and bias [N]');
+  }
+  const zp = constant(x.graph, new Int8Array(n), [n], 'int8');
+  const ins = bias ? [x, wq, scale, zp, bias] : [x, wq, scale, zp];
+  return x.graph.addNode('DynamicQuantizeMatMul', ins, [{ shape: [...x.shape.slice(0, -1), n], dtype: 'float32' }], {}, MS)[0]!;
 }

@@ -24,6 +24,11 @@ export interface ExportOptions {
   externalData?: ExternalDataMode;
   /** Passed to writeOnnx (tests shrink it to exercise the switch to external data). */
   limit?: number;
+  /**
+   * 'int8': linear layers as com.microsoft DynamicQuantizeMatMul (see ClipModelOptions.quantize).
+   * The files keep fp32 weights; ONNX Runtime quantizes them once when it loads the model.
+   */
+  quantize?: 'none' | 'int8';
 }
 
 interface IoSpec {
@@ -52,6 +57,8 @@ export interface ExportMetadata {
   text: { contextLength: number; length: number; vocabSize: number; pooling: string };
   models: { vision: ExportedModel; text: ExportedModel };
   config: OpenClipConfig;
+  /** Present when the towers run int8 linear layers. */
+  quantize?: 'int8';
 }
 
 /** Writes `<dir>/vision.onnx`, `<dir>/text.onnx` (+ `.data` side files if needed) and the metadata. */
@@ -70,6 +77,7 @@ export async function exportClip(model: ClipModel, dir: string, o: ExportOptions
   const tower = async (file: string, input: IoSpec, output: string, build: (g: Graph, x: Tensor) => Tensor): Promise<ExportedModel> => {
     const g = new Graph(file.replace(/\.onnx$/, ''));
     g.mode = 'infer'; // fused contrib kernels (Attention, Gelu, QuickGelu): ORT's CPU and wasm builds run them
+    g.quantize = o.quantize ?? 'none';
     const out = g.rename(build(g, g.input(input.name, input.shape, input.dtype)), output);
     const w = await writeOnnx(join(dir, file), g, { outputs: [out], paramValues: model.params, externalData: o.externalData, limit: o.limit, docString: `clipkit CLIP ${file}` });
     return {
@@ -93,6 +101,7 @@ export async function exportClip(model: ClipModel, dir: string, o: ExportOptions
     normalized: false,
     logitScale: Math.exp(model.logitScale),
     ...(bias ? { logitBias: bias[0]! } : {}),
+    ...(o.quantize === 'int8' ? { quantize: 'int8' as const } : {}),
     image: {
       size: s,
       mean: CLIP_MEAN,
@@ -134,7 +143,11 @@ export async function checkExport(model: ClipModel, dir: string, meta: ExportMet
   const ids = new BigInt64Array(n * L);
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < L; j++) ids[i * L + j] = BigInt(rng.int(V - 1));
-    ids[i * L + rng.int(L)] = BigInt(V - 1); // the end-of-text token: the largest id
+    // The end-of-text token (the largest id). int8 towers quantize activations with one scale per
+    // tensor, so trimming the batch after its last end token (which encodeText does and a plain ONNX
+    // run does not) changes their numerics a little: there, row 0 ends at the last position.
+    const end = rng.int(L);
+    ids[i * L + (meta.quantize === 'int8' && i === 0 ? L - 1 : end)] = BigInt(V - 1);
   }
   const tokens = { data: ids, shape: [n, L] };
 

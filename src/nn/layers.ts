@@ -36,8 +36,26 @@ export function linear(g: Graph, name: string, x: T, outF: number, o_: { bias?: 
  * leading axes.
  */
 export function linearWith(x: T, w: T, b: T | null): T {
+  if (x.graph.mode === 'infer' && x.graph.quantize === 'int8') return quantizedLinear(x, w, b);
   const y = o.matmul(x, o.transpose(w, [1, 0]));
   return b ? o.add(y, b) : y;
+}
+
+/**
+ * x·Wᵀ + b as an int8 GEMM (graphs with quantize 'int8'): W [out, in] quantized symmetrically per
+ * output channel to 7 bits, scale = max|W[j, :]| / 63. The weight arithmetic is written as ops on
+ * the parameter, which ORT constant-folds when the session is created (the weights are
+ * initializers), so a run does only the quantized MatMul.
+ *
+ * 7 bits, not 8 ("reduce range" in ONNX Runtime's quantizer): on x86 CPUs without VNNI the uint8 ×
+ * int8 kernel adds pairs of products in int16 (vpmaddubsw), and 2·255·127 overflows it; with
+ * |w| ≤ 63 it cannot (2·255·63 < 32768), so AVX2 machines compute exactly what wasm and VNNI do.
+ */
+function quantizedLinear(x: T, w: T, b: T | null): T {
+  const wt = o.transpose(w, [1, 0]); // [in, out]
+  const scale = o.div(o.max(o.reduceMax(o.abs(wt), [0], false), 1e-12), 63);
+  const wq = o.cast(o.min(o.max(o.round(o.div(wt, scale)), -63), 63), 'int8');
+  return o.dynamicQuantizeMatMul(x, wq, scale, b);
 }
 
 export function layerNorm(g: Graph, name: string, x: T, eps = 1e-5): T {
@@ -56,7 +74,7 @@ export function mlp(g: Graph, name: string, x: T, hidden: number, act: Activatio
  * in_proj_bias, out_proj.weight/bias). x: [N, T, D]; mask: additive [T, T] (e.g. causal) or null.
  */
 export function selfAttention(g: Graph, name: string, x: T, heads: number, mask: T | null, std?: { in?: number; out?: number }, causal = false): T {
-  if (g.mode === 'infer' && (mask === null || causal)) {
+  if (g.mode === 'infer' && g.quantize !== 'int8' && (mask === null || causal)) {
     // Inference: one fused com.microsoft.Attention kernel (weights [D, 3D] = in_proj_weightᵀ).
     const d = x.shape[2] as number;
     return g.scope(name, () => {

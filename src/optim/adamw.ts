@@ -7,7 +7,7 @@
 //   v ← β2·v + (1 − β2)·g²              second moment
 //   m̂ = m / (1 − β1ᵗ),  v̂ = v / (1 − β2ᵗ)   bias corrections
 //   p ← p − lr · m̂ / (√v̂ + ε)
-import type { Tensor } from '../graph/graph.js';
+import type { Graph, Tensor } from '../graph/graph.js';
 import * as o from '../graph/ops.js';
 
 export interface AdamWConfig {
@@ -21,27 +21,37 @@ export const ADAMW_DEFAULTS: AdamWConfig = { lr: 1e-3, betas: [0.9, 0.999], eps:
 
 /** Per-step scalars, fed as graph inputs so a schedule never forces a recompile. */
 export interface AdamWScalars {
-  /** lr for this step (after the schedule). */
+  /** lr for this step (after the schedule): the decoupled weight decay multiplies p by 1 − lr·λ. */
   lr: Tensor;
-  /** 1 / (1 − β1ᵗ) */
-  bc1: Tensor;
-  /** 1 / √(1 − β2ᵗ) */
-  bc2: Tensor;
+  /** lr·bc1/bc2 with bc1 = 1/(1 − β1ᵗ), bc2 = 1/√(1 − β2ᵗ): the step's scale on m/√v. */
+  a: Tensor;
+  /** ε/bc2: ε moved inside the bias correction, so √v needs no scaling. */
+  e: Tensor;
 }
 
-export function adamwScalarValues(cfg: AdamWConfig, lr: number, t: number): { lr: number; bc1: number; bc2: number } {
-  return { lr, bc1: 1 / (1 - cfg.betas[0] ** t), bc2: 1 / Math.sqrt(1 - cfg.betas[1] ** t) };
+export function adamwScalarValues(cfg: AdamWConfig, lr: number, t: number): { lr: number; bc1: number; bc2: number; a: number; e: number } {
+  const bc1 = 1 / (1 - cfg.betas[0] ** t);
+  const bc2 = 1 / Math.sqrt(1 - cfg.betas[1] ** t);
+  return { lr, bc1, bc2, a: (lr * bc1) / bc2, e: cfg.eps / bc2 };
 }
 
-/** The update as ops: returns the new parameter and moments. `wd` is this parameter's group decay. */
+/** The graph inputs of AdamWScalars, named `${prefix}lr`, `${prefix}a`, `${prefix}e`. */
+export function adamwScalarInputs(g: Graph, prefix: string): AdamWScalars {
+  return { lr: g.input(`${prefix}lr`, [], 'float32'), a: g.input(`${prefix}a`, [], 'float32'), e: g.input(`${prefix}e`, [], 'float32') };
+}
+
+/**
+ * The update as ops: returns the new parameter and moments. `wd` is this parameter's group decay.
+ * Thirteen elementwise passes over the parameter's size (the scalars are folded on the host):
+ *   m' = β1·m + (1−β1)·g;  v' = β2·v + (1−β2)·g²;  p' = p·(1 − lr·λ) − a·m' / (√v' + e)
+ * which is torch.optim.AdamW's lr·bc1·m'/(√v'·bc2 + ε) divided through by bc2.
+ */
 export function adamwGraph(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: AdamWScalars, cfg: AdamWConfig, wd: number): { p: Tensor; m: Tensor; v: Tensor } {
   const [b1, b2] = cfg.betas;
   const m2 = o.add(o.mul(m, b1), o.mul(g, 1 - b1));
-  const v2 = o.add(o.mul(v, b2), o.mul(o.square(g), 1 - b2));
-  // √v̂ + ε = √v·bc2 + ε;  step = lr·bc1·m / (√v·bc2 + ε)
-  const denom = o.add(o.mul(o.sqrt(v2), s.bc2), cfg.eps);
-  const step = o.div(o.mul(m2, o.mul(s.lr, s.bc1)), denom);
-  const decayed = wd === 0 ? p : o.sub(p, o.mul(p, o.mul(s.lr, wd)));
+  const v2 = o.add(o.mul(v, b2), o.mul(o.mul(g, g), 1 - b2));
+  const step = o.div(o.mul(m2, s.a), o.add(o.sqrt(v2), s.e));
+  const decayed = wd === 0 ? p : o.mul(p, o.sub(1, o.mul(s.lr, wd)));
   return { p: o.sub(decayed, step), m: m2, v: v2 };
 }
 

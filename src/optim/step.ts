@@ -1,7 +1,14 @@
 // A compiled training step: forward, backward (our autodiff), optional global-norm clipping and the
 // AdamW update, as one ONNX Runtime session. Parameters and both moments are inputs and outputs;
 // ORT writes the outputs straight into a second set of buffers we own (pre-allocated fetches), and
-// the two sets swap after each step — no per-step copies and no JS loop over the weights.
+// the two sets swap after each step — no JS loop over the weights.
+//
+// onnxruntime-node 1.30 still copies every output into a fresh ArrayBuffer after the run, even a
+// pre-allocated one (the copy is discarded here). A fresh buffer above glibc's mmap threshold
+// (32 MB at most) is new memory, and touching it costs ~0.8 ms per MB in page faults on this
+// machine: three 50 MB copies (a 49,408-token embedding's p, m and v) were ~120 ms of a 2 s step.
+// So every output above OUTPUT_PIECE elements leaves the graph as flat pieces, each written into a
+// view of our contiguous buffer; the discarded copies are then small and recycled by malloc.
 // The alternative (`update: 'js'`: the session returns gradients, AdamW runs in TypeScript) is kept
 // for the benchmark that chose between them (BENCHMARKS.md).
 import { gradients } from '../autodiff/grad.js';
@@ -10,8 +17,19 @@ import * as o from '../graph/ops.js';
 import { type Compiled, compile } from '../runtime/compile.js';
 import type { HostTensor } from '../runtime/session.js';
 import type { ParamValues } from '../nn/init.js';
-import { type AdamWConfig, ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarValues, clipGradNorm } from './adamw.js';
+import { type AdamWConfig, ADAMW_DEFAULTS, adamwGraph, adamwInPlace, adamwScalarInputs, adamwScalarValues, clipGradNorm } from './adamw.js';
 import { type Schedule, constantLr } from './schedule.js';
+
+/** Outputs larger than this (elements) are fetched in pieces (see the header). */
+export const OUTPUT_PIECE = 1 << 20;
+
+/** Piece lengths of a flat output of `size` elements, or null when it leaves the graph whole. */
+export function outputPieces(size: number, piece = OUTPUT_PIECE): number[] | null {
+  if (size <= piece) return null;
+  const out: number[] = [];
+  for (let off = 0; off < size; off += piece) out.push(Math.min(piece, size - off));
+  return out;
+}
 
 export interface TrainStepOptions {
   optimizer?: Partial<AdamWConfig>;
@@ -30,6 +48,8 @@ export interface TrainStepOptions {
   threads?: number;
   /** Write ONNX Runtime's per-op profile with this file prefix (see `endProfiling`). */
   profile?: string;
+  /** Outputs above this many elements are fetched in pieces (default OUTPUT_PIECE; see the header). */
+  outputPiece?: number;
 }
 
 export interface StepResult {
@@ -58,6 +78,7 @@ export class TrainStep {
     private next: { p: Map<string, Float32Array>; m: Map<string, Float32Array>; v: Map<string, Float32Array> },
     private readonly wds: Map<string, number>,
     private readonly shapes: Map<string, readonly number[]>,
+    private readonly pieces: Map<string, number[] | null>,
   ) {}
 
   static async create(g: Graph, loss: Tensor, values: ParamValues, opts: TrainStepOptions = {}): Promise<TrainStep> {
@@ -80,19 +101,28 @@ export class TrainStep {
       outputs.grad_norm = gradNorm;
     }
     const wds = new Map(trainable.map((n) => [n, opts.weightDecayOf?.(n, g.params.get(n)!.shape) ?? cfg.weightDecay]));
+    const pieces = new Map(trainable.map((n) => [n, outputPieces(values.get(n)!.length, opts.outputPiece)]));
+    const put = (key: string, t: Tensor, name: string): void => {
+      const ps = pieces.get(name);
+      if (!ps) {
+        outputs[key] = t;
+        return;
+      }
+      o.split(o.reshape(t, [values.get(name)!.length]), 0, ps).forEach((piece, k) => (outputs[`${key}#${k}`] = piece));
+    };
     if (mode === 'graph') {
-      const s = { lr: g.input('opt.lr', [], 'float32'), bc1: g.input('opt.bc1', [], 'float32'), bc2: g.input('opt.bc2', [], 'float32') };
+      const s = adamwScalarInputs(g, 'opt.');
       trainable.forEach((name, i) => {
         const p = params[i]!;
         const m = g.input(`opt.m.${name}`, p.shape);
         const v = g.input(`opt.v.${name}`, p.shape);
         const u = adamwGraph(p, grads[i]!, m, v, s, cfg, wds.get(name)!);
-        outputs[`new.${name}`] = u.p;
-        outputs[`new.m.${name}`] = u.m;
-        outputs[`new.v.${name}`] = u.v;
+        put(`new.${name}`, u.p, name);
+        put(`new.m.${name}`, u.m, name);
+        put(`new.v.${name}`, u.v, name);
       });
     } else {
-      trainable.forEach((name, i) => (outputs[`grad.${name}`] = grads[i]!));
+      trainable.forEach((name, i) => put(`grad.${name}`, grads[i]!, name));
     }
     for (const [k, t] of Object.entries(opts.metrics ?? {})) outputs[`metric.${k}`] = t;
     const c = await compile(g, outputs, { paramValues: frozenValues, threads: opts.threads, cacheKey: false, profile: opts.profile });
@@ -102,7 +132,7 @@ export class TrainStep {
     const none = (): Map<string, Float32Array> => new Map();
     const next = mode === 'graph' ? { p: zeros(), m: zeros(), v: zeros() } : { p: zeros(), m: none(), v: none() };
     const shapes = new Map(specs.map((p) => [p.name, p.shape]));
-    return new TrainStep(c, values, trainable, cfg, opts, cur, next, wds, shapes);
+    return new TrainStep(c, values, trainable, cfg, opts, cur, next, wds, shapes, pieces);
   }
 
   lrAt(step: number): number {
@@ -121,17 +151,17 @@ export class TrainStep {
     if (graphUpdate) {
       const s = adamwScalarValues(this.cfg, lr, t);
       feeds['opt.lr'] = scalarF(s.lr);
-      feeds['opt.bc1'] = scalarF(s.bc1);
-      feeds['opt.bc2'] = scalarF(s.bc2);
+      feeds['opt.a'] = scalarF(s.a);
+      feeds['opt.e'] = scalarF(s.e);
       for (const n of this.trainable) {
         feeds[`opt.m.${n}`] = this.host(n, this.cur.m.get(n)!);
         feeds[`opt.v.${n}`] = this.host(n, this.cur.v.get(n)!);
-        into[`new.${n}`] = this.host(n, this.next.p.get(n)!);
-        into[`new.m.${n}`] = this.host(n, this.next.m.get(n)!);
-        into[`new.v.${n}`] = this.host(n, this.next.v.get(n)!);
+        this.intoPieces(into, `new.${n}`, n, this.next.p.get(n)!);
+        this.intoPieces(into, `new.m.${n}`, n, this.next.m.get(n)!);
+        this.intoPieces(into, `new.v.${n}`, n, this.next.v.get(n)!);
       }
     } else {
-      for (const n of this.trainable) into[`grad.${n}`] = this.host(n, this.next.p.get(n)!);
+      for (const n of this.trainable) this.intoPieces(into, `grad.${n}`, n, this.next.p.get(n)!);
     }
     const res = await this.c.run(feeds, into);
     if (graphUpdate) {
@@ -180,6 +210,20 @@ export class TrainStep {
       if (p !== this.cur.p.get(n)) this.cur.p.get(n)!.set(p);
     }
     this.t = s.step;
+  }
+
+  /** The output buffer of `key`: the whole array, or flat views of it for a pieced output. */
+  private intoPieces(into: Record<string, HostTensor>, key: string, name: string, buf: Float32Array): void {
+    const ps = this.pieces.get(name);
+    if (!ps) {
+      into[key] = this.host(name, buf);
+      return;
+    }
+    let off = 0;
+    ps.forEach((len, k) => {
+      into[`${key}#${k}`] = { data: buf.subarray(off, off + len), shape: [len] };
+      off += len;
+    });
   }
 
   private host(name: string, data: Float32Array): HostTensor {

@@ -30,6 +30,7 @@ const ORT_TYPE: Record<DType, ort.Tensor.Type> = {
   float64: 'float64',
   int64: 'int64',
   int32: 'int32',
+  int8: 'int8',
   bool: 'bool',
 };
 
@@ -38,6 +39,7 @@ function dtypeOf(data: AnyTypedArray): DType {
   if (data instanceof Float64Array) return 'float64';
   if (data instanceof BigInt64Array) return 'int64';
   if (data instanceof Int32Array) return 'int32';
+  if (data instanceof Int8Array) return 'int8';
   return 'bool';
 }
 

@@ -25,6 +25,8 @@ export interface EngineOptions {
   maxQueue?: number;
   /** Collection window in ms. Default 3. */
   windowMs?: number;
+  /** 'int8': towers with int8 linear layers (see ClipModelOptions.quantize). */
+  quantize?: 'none' | 'int8';
 }
 
 export interface Embedded {
@@ -82,7 +84,7 @@ export class Engine {
   }
 
   static async create(o: EngineOptions): Promise<Engine> {
-    const towers = await ensureTowers(o.modelPath, o.cacheRoot);
+    const towers = await ensureTowers(o.modelPath, o.cacheRoot, { quantize: o.quantize });
     const config = fromOpenClip(towers.meta.config);
     const tokenizer = await findTokenizer('serve', o.modelPath, o.tokenizer, { config });
     const pool = await InferencePool.start({ vision: towers.vision, texts: towers.texts, imageSize: towers.meta.image.size, workers: o.workers, threads: o.threads });

@@ -29,8 +29,9 @@ export interface Towers {
   key: string;
 }
 
-export async function ensureTowers(modelPath: string, cacheRoot: string): Promise<Towers> {
-  const key = modelKey(modelPath);
+export async function ensureTowers(modelPath: string, cacheRoot: string, o: { quantize?: 'none' | 'int8' } = {}): Promise<Towers> {
+  const q = o.quantize ?? 'none';
+  const key = modelKey(modelPath) + (q === 'int8' ? '-int8' : '');
   const dir = join(cacheRoot, 'onnx', key);
   const metaFile = join(dir, METADATA_FILE);
   if (!existsSync(metaFile)) {
@@ -38,8 +39,8 @@ export async function ensureTowers(modelPath: string, cacheRoot: string): Promis
     const tmp = `${dir}.${process.pid}.tmp`;
     rmSync(tmp, { recursive: true, force: true });
     mkdirSync(tmp, { recursive: true });
-    await model.exportOnnx(tmp);
-    if (model.config.text.contextLength > SHORT_TEXT) await writeShortText(model, join(tmp, `text-${SHORT_TEXT}.onnx`));
+    await model.exportOnnx(tmp, { quantize: q });
+    if (model.config.text.contextLength > SHORT_TEXT) await writeShortText(model, join(tmp, `text-${SHORT_TEXT}.onnx`), q);
     try {
       renameSync(tmp, dir);
     } catch (e) {
@@ -55,9 +56,10 @@ export async function ensureTowers(modelPath: string, cacheRoot: string): Promis
 }
 
 /** The text tower at length L, built as export.ts builds text.onnx (inference graph, weights inline). */
-async function writeShortText(model: ClipModel, path: string): Promise<void> {
+async function writeShortText(model: ClipModel, path: string, quantize: 'none' | 'int8'): Promise<void> {
   const g = new Graph('text');
   g.mode = 'infer';
+  g.quantize = quantize;
   const out = g.rename(encodeTextGraph(g, g.input('input_ids', ['N', SHORT_TEXT], 'int64'), model.config), 'text_embeds');
   await writeOnnx(path, g, { outputs: [out], paramValues: model.params });
 }

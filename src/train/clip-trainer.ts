@@ -36,6 +36,8 @@ export interface ClipTrainerOptions {
   patchDropout?: number;
   /** Seed of the patch-dropout draws (default 0); the draw of step t depends only on (seed, t). */
   seed?: number | string;
+  /** Write ONNX Runtime's per-op profile of the training step with this file prefix (see `endProfiling`). */
+  profile?: string;
 }
 
 export interface ClipBatch {
@@ -208,7 +210,13 @@ export class ClipTrainer {
       schedule: o.schedule,
       clamp: { logit_scale: [0, LOGIT_SCALE_MAX] },
       threads: o.threads,
+      profile: o.profile,
     });
+  }
+
+  /** Ends ONNX Runtime profiling of the current step (trainers created with `profile`); writes the JSON. */
+  endProfiling(): void {
+    this.last?.endProfiling();
   }
 }
 

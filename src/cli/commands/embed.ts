@@ -18,6 +18,7 @@ const SPECS = {
   threads: { type: 'int', min: 1, help: 'ONNX Runtime threads per worker (default: cores / workers)' },
   merge: { type: 'boolean', help: 'only merge the finished shards in --out (after running the shards elsewhere and copying their parts/ in)' },
   json: { type: 'boolean', help: 'print a JSON summary' },
+  int8: { type: 'boolean', help: 'run the linear layers as int8 GEMMs (dynamic quantization): faster on CPUs, features close to fp32 but not equal' },
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 } as const;
 
@@ -52,6 +53,7 @@ const embed: Command = {
       partRows: opts['part-rows'],
       workers: opts.workers,
       threads: opts.threads,
+      quantize: opts.int8 ? 'int8' : 'none',
     });
     report(opts.json, summary, opts.out);
   },
