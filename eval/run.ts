@@ -85,8 +85,8 @@ async function cifarVit(o: Opts): Promise<unknown> {
   const out = join(o.work, 'cifar-vit');
   rmSync(out, { recursive: true, force: true });
   clipkit(['vit', 'train', train, '--out', out, '--model', join(ROOT, 'eval', 'configs', 'cifar-vit.json'), '--minutes', String(o.minutes ?? 30),
-    '--patch-dropout', '0.5', '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
-    '--eval-every', '500', '--save-every', '500', '--cache-images', '--holdout', '0.1', '--seed', '0']);
+    '--patch-dropout', '0.75', '--unmasked-tune', '0.1', '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
+    '--eval-every', '1000', '--save-every', '1000', '--cache-images', '--holdout', '0.1', '--seed', '0']);
   const r = JSON.parse(clipkit(['vit', 'eval', '--model', join(out, 'vit.safetensors'), '--data', held, '--confusion', join(out, 'confusion.html'), '--json'], true)) as { top1: number; top5: number; images: number };
   return { task: 'cifar-vit', minutes: o.minutes ?? 30, heldOutImages: r.images, top1: r.top1, top5: r.top5, run: out };
 }

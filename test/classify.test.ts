@@ -160,7 +160,14 @@ test('clipkit classify: table output, usage errors, the default model', () => {
   const dflt = cli(join(work, 'red.png'), '--json');
   if (existsSync(DEFAULT_MODEL_DIR)) {
     assert.equal(dflt.status, 0, dflt.stderr);
-    assert.equal((JSON.parse(dflt.stdout) as { labels: unknown[] }).labels.length, 5);
+    const top = (JSON.parse(dflt.stdout) as { labels: { label: string; probability: number }[] }).labels;
+    assert.equal(top.length, 5);
+    // --int8: the same top label on the shipped model, probabilities close to fp32's.
+    const q8 = cli(join(work, 'red.png'), '--json', '--int8');
+    assert.equal(q8.status, 0, q8.stderr);
+    const top8 = (JSON.parse(q8.stdout) as { labels: { label: string; probability: number }[] }).labels;
+    assert.equal(top8[0]!.label, top[0]!.label);
+    assert.ok(Math.abs(top8[0]!.probability - top[0]!.probability) < 0.05, `${top8[0]!.probability} vs ${top[0]!.probability}`);
   } else {
     assert.equal(dflt.status, 2);
     assert.match(dflt.stderr, /default model is not installed \(expected models\/cifar10-clip\//);
