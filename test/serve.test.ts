@@ -363,3 +363,23 @@ test('text towers by length: short texts use the 16-token tower, long ones the f
     await engine.close();
   }
 });
+
+test('int8 towers (serve/embed --int8): cached apart from the fp32 ones, features equal to the in-process int8 model', async () => {
+  const fp32 = await Engine.create({ modelPath: modelDir, cacheRoot, threads: 1 });
+  const q8 = await Engine.create({ modelPath: modelDir, cacheRoot, threads: 1, quantize: 'int8' });
+  try {
+    const meta = JSON.parse(readFileSync(join(cacheRoot, 'onnx', `${modelKey(modelDir)}-int8`, 'clipkit-export.json'), 'utf8')) as { quantize?: string; models: { vision: { ops: Record<string, string[]> } } };
+    assert.equal(meta.quantize, 'int8');
+    assert.ok(meta.models.vision.ops['com.microsoft']?.includes('DynamicQuantizeMatMul'));
+    const inProcess = new ClipModel(model.config, model.params, { threads: 1, quantize: 'int8' });
+    const s = model.config.vision.imageSize;
+    const want = unit((await inProcess.encodeImage({ data: await preprocessClip(png.red!, { size: s }), shape: [1, 3, s, s] })).data);
+    const got = (await q8.embedImages([png.red!])).rows[0]!;
+    assert.ok(maxDiff(got, want) < 1e-5, `int8 engine vs in-process int8: ${maxDiff(got, want)}`);
+    const full = (await fp32.embedImages([png.red!])).rows[0]!;
+    assert.ok(maxDiff(got, full) > 0, 'int8 features should not be bit-equal to fp32');
+  } finally {
+    await fp32.close();
+    await q8.close();
+  }
+});
