@@ -12,8 +12,10 @@ export function weightsFileOf(path: string): string {
   return path; // loadClip gives the error
 }
 
-export function modelKey(path: string): string {
+/** The fingerprint; int8 towers give other features than fp32 ones, so they get their own key. */
+export function modelKey(path: string, quantize: 'none' | 'int8' = 'none'): string {
   const file = realpathSync(weightsFileOf(path));
   const st = statSync(file);
-  return createHash('sha256').update(JSON.stringify([file, st.size, st.mtimeMs])).digest('hex').slice(0, 20);
+  const key = createHash('sha256').update(JSON.stringify([file, st.size, st.mtimeMs])).digest('hex').slice(0, 20);
+  return quantize === 'int8' ? `${key}-int8` : key;
 }

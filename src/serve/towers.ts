@@ -31,7 +31,7 @@ export interface Towers {
 
 export async function ensureTowers(modelPath: string, cacheRoot: string, o: { quantize?: 'none' | 'int8' } = {}): Promise<Towers> {
   const q = o.quantize ?? 'none';
-  const key = modelKey(modelPath) + (q === 'int8' ? '-int8' : '');
+  const key = modelKey(modelPath, q);
   const dir = join(cacheRoot, 'onnx', key);
   const metaFile = join(dir, METADATA_FILE);
   if (!existsSync(metaFile)) {

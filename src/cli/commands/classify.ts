@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { clipkitCacheDir } from '../../hub/cache.js';
 import type { LabelScore } from '../../serve/zeroshot.js';
-import { parse, usage, UsageError } from '../args.js';
+import { parse, usage, UsageError, INT8_OPTION, quantizeOf } from '../args.js';
 import { CIFAR10_CLASSES, resolveModel } from '../default-model.js';
 import { findTokenizer } from '../find-tokenizer.js';
 import type { Command } from '../main.js';
@@ -17,7 +17,7 @@ const SPECS = {
   k: { type: 'int', short: 'k', default: 5, min: 1, help: 'labels shown per image' },
   'batch-size': { type: 'int', default: 32, min: 1, help: 'images encoded per batch' },
   json: { type: 'boolean', help: 'print JSON: one object per image' },
-  int8: { type: 'boolean', help: 'run the linear layers as int8 GEMMs (dynamic quantization): faster on CPUs, features close to fp32 but not equal' },
+  int8: INT8_OPTION,
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 } as const;
 
@@ -47,11 +47,11 @@ const classify: Command = {
       throw e instanceof InputError ? new UsageError(`classify: ${e.message}`) : e;
     }
 
-    const model = await loadClip(resolved.path, { quantize: opts.int8 ? 'int8' : 'none' });
+    const model = await loadClip(resolved.path, { quantize: quantizeOf(opts.int8) });
     const D = model.config.embedDim;
     const tokenizer = await findTokenizer('classify', resolved.path, opts.tokenizer, model);
     const cache = new ClassifierCache(join(clipkitCacheDir(), 'classifiers'));
-    const weights = await cache.get(modelKey(resolved.path) + (opts.int8 ? '-int8' : ''), labels, templates, D, async (prompts) => {
+    const weights = await cache.get(modelKey(resolved.path, quantizeOf(opts.int8)), labels, templates, D, async (prompts) => {
       const out = new Float32Array(prompts.length * D);
       for (let lo = 0; lo < prompts.length; lo += 256) {
         const ids = tokenizer.encode(prompts.slice(lo, lo + 256), { contextLength: model.config.text.contextLength, truncate: true });

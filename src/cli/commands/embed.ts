@@ -1,7 +1,7 @@
 // clipkit embed: image (and caption) embeddings of a folder, a caption table or tar shards, in
 // resumable parts, merged into embeddings.npy + metadata.jsonl for `clipkit index` (see src/embed/).
 import { clipkitCacheDir } from '../../hub/cache.js';
-import { parse, usage, UsageError } from '../args.js';
+import { parse, usage, UsageError, INT8_OPTION, quantizeOf } from '../args.js';
 import { resolveModel } from '../default-model.js';
 import type { Command } from '../main.js';
 
@@ -18,7 +18,7 @@ const SPECS = {
   threads: { type: 'int', min: 1, help: 'ONNX Runtime threads per worker (default: cores / workers)' },
   merge: { type: 'boolean', help: 'only merge the finished shards in --out (after running the shards elsewhere and copying their parts/ in)' },
   json: { type: 'boolean', help: 'print a JSON summary' },
-  int8: { type: 'boolean', help: 'run the linear layers as int8 GEMMs (dynamic quantization): faster on CPUs, features close to fp32 but not equal' },
+  int8: INT8_OPTION,
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 } as const;
 
@@ -53,7 +53,7 @@ const embed: Command = {
       partRows: opts['part-rows'],
       workers: opts.workers,
       threads: opts.threads,
-      quantize: opts.int8 ? 'int8' : 'none',
+      quantize: quantizeOf(opts.int8),
     });
     report(opts.json, summary, opts.out);
   },

@@ -9,7 +9,7 @@ import { classNameOf, decodeFiles, listImageFolder } from '../../eval/folder.js'
 import type { ClipModel } from '../../models/clip-model.js';
 import { loadClip } from '../../models/load.js';
 import { OPENAI_VOCAB_FILE } from '../../tokenizer/index.js';
-import { parse, usage, UsageError } from '../args.js';
+import { parse, usage, UsageError, INT8_OPTION, quantizeOf } from '../args.js';
 import { findTokenizer } from '../find-tokenizer.js';
 import type { Command } from '../main.js';
 
@@ -21,7 +21,7 @@ const SPECS = {
   'batch-size': { type: 'int', default: 64, min: 1, help: 'images decoded and encoded per batch' },
   limit: { type: 'int', min: 1, help: 'evaluate at most this many images, taken round-robin over the classes' },
   json: { type: 'boolean', help: 'print one JSON object' },
-  int8: { type: 'boolean', help: 'run the linear layers as int8 GEMMs (dynamic quantization): faster on CPUs, features close to fp32 but not equal' },
+  int8: INT8_OPTION,
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 } as const;
 
@@ -34,13 +34,13 @@ const evalCommand: Command = {
     if (positionals.length > 0) throw new UsageError(`eval: unexpected argument '${positionals[0]}' (options are --model, --data, …)`);
     if (!opts.model) throw new UsageError('eval: --model <path> is required');
     if (!opts.data) throw new UsageError('eval: --data <folder by class> is required');
-    if (/\.(csv|tsv|jsonl|ndjson)$/i.test(opts.data)) return evalRetrieval(opts.model, opts.data, opts.tokenizer, opts['batch-size'], opts.limit, opts.json === true, started, opts.int8 === true);
+    if (/\.(csv|tsv|jsonl|ndjson)$/i.test(opts.data)) return evalRetrieval(opts.model, opts.data, opts.tokenizer, opts['batch-size'], opts.limit, opts.json === true, started, quantizeOf(opts.int8));
     const templates = readTemplates(opts.templates);
     // The folder is listed before the model loads, so a wrong path fails in milliseconds.
     const folder = listImageFolder(opts.data, { limit: opts.limit });
     const classNames = folder.classes.map(classNameOf);
 
-    const model = await loadClip(opts.model, { quantize: opts.int8 ? 'int8' : 'none' });
+    const model = await loadClip(opts.model, { quantize: quantizeOf(opts.int8) });
     const tokenizer = await findTokenizer('eval', opts.model, opts.tokenizer, model);
     const weights = await classifierWeights(model, tokenizer, classNames, templates);
 
@@ -92,7 +92,7 @@ export default evalCommand;
  * Retrieval on a caption table: every distinct image is a candidate for every caption and the
  * reverse (an image with several rows has several captions; any of them is a hit for the image).
  */
-async function evalRetrieval(modelPath: string, data: string, tokenizerPath: string | undefined, batchSize: number, limit: number | undefined, json: boolean, started: number, int8: boolean): Promise<void> {
+async function evalRetrieval(modelPath: string, data: string, tokenizerPath: string | undefined, batchSize: number, limit: number | undefined, json: boolean, started: number, quantize: 'none' | 'int8'): Promise<void> {
   const table = await captionTable(data);
   const ctx = { epoch: 0, seed: 0, shuffle: false };
   const rows = Array.from({ length: Math.min(table.size, limit ?? Infinity) }, (_, i) => table.get(i, ctx));
@@ -104,7 +104,7 @@ async function evalRetrieval(modelPath: string, data: string, tokenizerPath: str
     if (i === undefined) imageIndex.set(path, (i = files.push(path) - 1));
     return i;
   });
-  const model = await loadClip(modelPath, { quantize: int8 ? 'int8' : 'none' });
+  const model = await loadClip(modelPath, { quantize });
   const tokenizer = await findTokenizer('eval', modelPath, tokenizerPath, model);
   const pass = await encodeImages(model, files, batchSize);
   if (pass.fileIndex.length === 0) throw new Error(`eval: none of the ${files.length} images could be decoded (${pass.firstError})`);

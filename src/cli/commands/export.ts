@@ -3,7 +3,7 @@
 import { fmtBytes } from '../../graph/export.js';
 import { loadClip } from '../../models/load.js';
 import { checkExport, METADATA_FILE } from '../../models/export.js';
-import { parse, usage, UsageError } from '../args.js';
+import { parse, usage, UsageError, INT8_OPTION, quantizeOf } from '../args.js';
 import type { Command } from '../main.js';
 
 const SPECS = {
@@ -14,7 +14,7 @@ const SPECS = {
   'text-length': { type: 'int', min: 1, help: "token sequence length of text.onnx (default: the model's context length)" },
   'opset-check': { type: 'boolean', help: 'check the ops against the declared opsets, then load the written files in ONNX Runtime and compare with clipkit' },
   json: { type: 'boolean', help: 'print the export metadata as JSON' },
-  int8: { type: 'boolean', help: 'run the linear layers as int8 GEMMs (dynamic quantization): faster on CPUs, features close to fp32 but not equal' },
+  int8: INT8_OPTION,
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 } as const;
 
@@ -32,7 +32,7 @@ const exportCommand: Command = {
     if (!opts.out) throw new UsageError('export: --out <directory> is required');
     const batch = parseBatch(opts.batch);
 
-    const model = await loadClip(opts.model, { quantize: opts.int8 ? 'int8' : 'none' });
+    const model = await loadClip(opts.model, { quantize: quantizeOf(opts.int8) });
     const ctx = model.config.text.contextLength;
     if (opts['text-length'] !== undefined && opts['text-length'] > ctx) {
       throw new UsageError(`export: --text-length must be ≤ ${ctx} (the model's context length), got ${opts['text-length']}`);
@@ -41,7 +41,7 @@ const exportCommand: Command = {
       batch,
       textLength: opts['text-length'],
       externalData: opts['external-data'] as 'auto' | 'always' | 'never',
-      quantize: opts.int8 ? 'int8' : 'none',
+      quantize: quantizeOf(opts.int8),
     });
     const seconds = (performance.now() - started) / 1000;
 

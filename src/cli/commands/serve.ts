@@ -1,7 +1,7 @@
 // clipkit serve: the HTTP JSON API (/classify, /embed, /search, /health, /stats) and a web page at /,
 // with inference in worker threads and dynamic micro-batching (see src/serve/).
 import { clipkitCacheDir } from '../../hub/cache.js';
-import { parse, usage, UsageError } from '../args.js';
+import { parse, usage, UsageError, INT8_OPTION, quantizeOf } from '../args.js';
 import { CIFAR10_CLASSES, resolveModel } from '../default-model.js';
 import type { Command } from '../main.js';
 
@@ -20,7 +20,7 @@ const SPECS = {
   labels: { type: 'string', help: 'labels /classify uses when a request gives none (default on the shipped model: CIFAR-10 classes)' },
   'image-root': { type: 'string', help: 'directory relative image paths of the store resolve against; images outside it are not served' },
   log: { type: 'boolean', help: 'log every request (JSON lines on stdout)' },
-  int8: { type: 'boolean', help: 'run the linear layers as int8 GEMMs (dynamic quantization): faster on CPUs, features close to fp32 but not equal' },
+  int8: INT8_OPTION,
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 } as const;
 
@@ -48,7 +48,7 @@ const serve: Command = {
       host: opts.host,
       workers: opts.workers,
       threads: opts.threads,
-      quantize: opts.int8 ? 'int8' : 'none',
+      quantize: quantizeOf(opts.int8),
       maxBatch: opts['max-batch'],
       maxQueue: opts['max-queue'],
       windowMs: opts['batch-window'],
