@@ -6,9 +6,11 @@ import { readFileSync, readdirSync, rmSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as o from '../src/graph/ops.js';
-import { type VitConfig, vitDefaults } from '../src/models/vit.js';
+import { type VitConfig, patchKeepIndices, vitDefaults } from '../src/models/vit.js';
+import { Rng } from '../src/nn/init.js';
 import { initParams } from '../src/nn/init.js';
 import { TrainStep } from '../src/optim/step.js';
+import type { HostTensor } from '../src/runtime/session.js';
 import { vitClassifierGraph } from '../src/train/vit-run.js';
 import { ClipModel } from '../src/models/clip-model.js';
 import { fromOpenClip } from '../src/models/config.js';
@@ -47,7 +49,9 @@ async function vitStep(cfgPath: string | undefined, B: number, prefix: string): 
   const S = config.imageSize;
   const pixels = { data: new Float32Array(B * 3 * S * S).map(() => Math.random() - 0.5), shape: [B, 3, S, S] };
   const t = { data: new Float32Array(B * C).fill(1 / C), shape: [B, C] };
-  return { step: () => ts.step({ pixels, targets: t }), end: () => ts.endProfiling() };
+  const feeds: Record<string, HostTensor> = { pixels, targets: t };
+  if ((config.patchDropout ?? 0) > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng('profile'));
+  return { step: () => ts.step(feeds), end: () => ts.endProfiling() };
 }
 
 async function main(): Promise<void> {

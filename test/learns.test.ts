@@ -81,13 +81,21 @@ test('a two-layer transformer classifier learns which token is in the majority: 
   assert.ok(tail < 0.1, `mean of the last 20 losses ${tail.toFixed(3)} (first ${losses[0]!.toFixed(3)})`);
 });
 
-test('the in-graph AdamW update and the in-place TypeScript update give the same trajectory, outputs whole or in pieces', async () => {
-  const run = async (update: 'graph' | 'js', outputPiece?: number) => {
+test('the in-graph AdamW update (flat group or per parameter) and the in-place TypeScript update give the same trajectory, outputs whole or in pieces', async () => {
+  const run = async (update: 'graph' | 'js', outputPiece?: number, flatGroup?: boolean) => {
     const g = new Graph('mlp');
     const x = g.input('x', [32, 8]);
     const y = g.input('y', [32], 'int64');
     const loss = crossEntropy(linear(g, 'fc2', o.gelu(linear(g, 'fc1', x, 16)), 3), y);
-    const step = await TrainStep.create(g, loss, initParams(g, 5), { optimizer: { lr: 1e-2, weightDecay: 0.1 }, clipNorm: 0.5, update, threads: 1, outputPiece });
+    const step = await TrainStep.create(g, loss, initParams(g, 5), {
+      optimizer: { lr: 1e-2, weightDecay: 0.1 },
+      weightDecayOf: (name) => (name.endsWith('bias') ? 0 : 0.1), // the flat group then decays per element
+      clipNorm: 0.5,
+      update,
+      threads: 1,
+      outputPiece,
+      flatGroup,
+    });
     const data = new Rng(11);
     const out: number[] = [];
     for (let i = 0; i < 20; i++) {
@@ -102,6 +110,8 @@ test('the in-graph AdamW update and the in-place TypeScript update give the same
     ['js', await run('js')],
     ['graph, outputs in pieces of 7', await run('graph', 7)],
     ['js, gradients in pieces of 7', await run('js', 7)],
+    ['graph, per parameter', await run('graph', undefined, false)],
+    ['graph, flat group of 195 in pieces of 150', await run('graph', 150)],
   ] as const) {
     for (let i = 0; i < a.out.length; i++) assert.ok(Math.abs(a.out[i]! - b.out[i]!) < 1e-5, `${label}, step ${i}: ${a.out[i]} vs ${b.out[i]}`);
     for (const [name, w] of a.values) assert.ok(w.every((v, i) => Math.abs(v - b.values.get(name)![i]!) < 1e-5), `${label}: ${name} differs`);

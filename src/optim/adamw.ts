@@ -41,12 +41,13 @@ export function adamwScalarInputs(g: Graph, prefix: string): AdamWScalars {
 }
 
 /**
- * The update as ops: returns the new parameter and moments. `wd` is this parameter's group decay.
+ * The update as ops: returns the new parameter and moments. `wd` is this parameter's group decay,
+ * or a tensor of per-element decays (a flat group of parameters with different decays).
  * Thirteen elementwise passes over the parameter's size (the scalars are folded on the host):
  *   m' = β1·m + (1−β1)·g;  v' = β2·v + (1−β2)·g²;  p' = p·(1 − lr·λ) − a·m' / (√v' + e)
  * which is torch.optim.AdamW's lr·bc1·m'/(√v'·bc2 + ε) divided through by bc2.
  */
-export function adamwGraph(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: AdamWScalars, cfg: AdamWConfig, wd: number): { p: Tensor; m: Tensor; v: Tensor } {
+export function adamwGraph(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: AdamWScalars, cfg: AdamWConfig, wd: number | Tensor): { p: Tensor; m: Tensor; v: Tensor } {
   const [b1, b2] = cfg.betas;
   const m2 = o.add(o.mul(m, b1), o.mul(g, 1 - b1));
   const v2 = o.add(o.mul(v, b2), o.mul(o.mul(g, g), 1 - b2));

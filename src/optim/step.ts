@@ -11,6 +11,11 @@
 // view of our contiguous buffer; the discarded copies are then small and recycled by malloc.
 // The alternative (`update: 'js'`: the session returns gradients, AdamW runs in TypeScript) is kept
 // for the benchmark that chose between them (BENCHMARKS.md).
+//
+// Parameters up to OUTPUT_PIECE elements form one flat group: their values and moments live in one
+// contiguous buffer each (the per-parameter arrays are views of it, fed zero-copy), the gradients
+// are concatenated, and AdamW runs once over the group — 13 passes in total instead of 13 small
+// ops per tensor, whose per-node cost dominated the update of a small ViT (~9 ms of a 113 ms step).
 import { gradients } from '../autodiff/grad.js';
 import type { Graph, Tensor } from '../graph/graph.js';
 import * as o from '../graph/ops.js';
@@ -50,6 +55,8 @@ export interface TrainStepOptions {
   profile?: string;
   /** Outputs above this many elements are fetched in pieces (default OUTPUT_PIECE; see the header). */
   outputPiece?: number;
+  /** Update the parameters up to `outputPiece` elements as one flat group (default true; see the header). */
+  flatGroup?: boolean;
 }
 
 export interface StepResult {
@@ -57,6 +64,17 @@ export interface StepResult {
   lr: number;
   gradNorm?: number;
   metrics: Record<string, HostTensor>;
+}
+
+/** The name under which the flat group's buffers are keyed (not a parameter name: '#' is never one). */
+const FLAT = '#flat';
+
+interface Buffers {
+  p: Map<string, Float32Array>;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
+  /** The flat group's contiguous buffers; the maps hold views of them for its parameters. */
+  flat?: { p: Float32Array; m: Float32Array; v: Float32Array };
 }
 
 export interface OptimizerState {
@@ -74,11 +92,13 @@ export class TrainStep {
     readonly trainable: string[],
     private readonly cfg: AdamWConfig,
     private readonly o: TrainStepOptions,
-    private cur: { p: Map<string, Float32Array>; m: Map<string, Float32Array>; v: Map<string, Float32Array> },
-    private next: { p: Map<string, Float32Array>; m: Map<string, Float32Array>; v: Map<string, Float32Array> },
+    private cur: Buffers,
+    private next: Buffers,
     private readonly wds: Map<string, number>,
     private readonly shapes: Map<string, readonly number[]>,
     private readonly pieces: Map<string, number[] | null>,
+    /** Parameters updated in the flat group, and their offsets in it. */
+    private readonly flat: Map<string, number>,
   ) {}
 
   static async create(g: Graph, loss: Tensor, values: ParamValues, opts: TrainStepOptions = {}): Promise<TrainStep> {
@@ -108,11 +128,39 @@ export class TrainStep {
         outputs[key] = t;
         return;
       }
-      o.split(o.reshape(t, [values.get(name)!.length]), 0, ps).forEach((piece, k) => (outputs[`${key}#${k}`] = piece));
+      o.split(o.reshape(t, [ps.reduce((a, b) => a + b, 0)]), 0, ps).forEach((piece, k) => (outputs[`${key}#${k}`] = piece));
     };
+    const piece = opts.outputPiece ?? OUTPUT_PIECE;
+    const flatNames = mode === 'graph' && opts.flatGroup !== false ? trainable.filter((n) => values.get(n)!.length <= piece) : [];
+    const flat = new Map<string, number>();
+    let flatSize = 0;
+    if (flatNames.length >= 2) {
+      for (const n of flatNames) {
+        flat.set(n, flatSize);
+        flatSize += values.get(n)!.length;
+      }
+      pieces.set(FLAT, outputPieces(flatSize, opts.outputPiece));
+    }
+    const shapes = new Map<string, readonly number[]>([...specs.map((p) => [p.name, p.shape] as const), [FLAT, [flatSize]]]);
     if (mode === 'graph') {
       const s = adamwScalarInputs(g, 'opt.');
+      if (flat.size) {
+        const names = [...flat.keys()];
+        const gs = names.map((n) => o.reshape(grads[trainable.indexOf(n)]!, [values.get(n)!.length]));
+        const decays = names.map((n) => wds.get(n)!);
+        let wd: number | Tensor = decays[0]!;
+        if (decays.some((d) => d !== wd)) {
+          const perElement = new Float32Array(flatSize);
+          for (const n of names) perElement.fill(wds.get(n)!, flat.get(n)!, flat.get(n)! + values.get(n)!.length);
+          wd = o.constant(g, perElement, [flatSize]);
+        }
+        const u = adamwGraph(g.input(`opt.${FLAT}.p`, [flatSize]), o.concat(gs, 0), g.input(`opt.${FLAT}.m`, [flatSize]), g.input(`opt.${FLAT}.v`, [flatSize]), s, cfg, wd);
+        put(`new.${FLAT}`, u.p, FLAT);
+        put(`new.m.${FLAT}`, u.m, FLAT);
+        put(`new.v.${FLAT}`, u.v, FLAT);
+      }
       trainable.forEach((name, i) => {
+        if (flat.has(name)) return;
         const p = params[i]!;
         const m = g.input(`opt.m.${name}`, p.shape);
         const v = g.input(`opt.v.${name}`, p.shape);
@@ -126,13 +174,24 @@ export class TrainStep {
     }
     for (const [k, t] of Object.entries(opts.metrics ?? {})) outputs[`metric.${k}`] = t;
     const c = await compile(g, outputs, { paramValues: frozenValues, threads: opts.threads, cacheKey: false, profile: opts.profile });
-    const zeros = (): Map<string, Float32Array> => new Map(trainable.map((n) => [n, new Float32Array(values.get(n)!.length)]));
-    const cur = { p: new Map(trainable.map((n) => [n, values.get(n)!])), m: zeros(), v: zeros() };
     // 'graph' ping-pongs parameters and both moments; 'js' only needs a gradient buffer per parameter.
-    const none = (): Map<string, Float32Array> => new Map();
-    const next = mode === 'graph' ? { p: zeros(), m: zeros(), v: zeros() } : { p: zeros(), m: none(), v: none() };
-    const shapes = new Map(specs.map((p) => [p.name, p.shape]));
-    return new TrainStep(c, values, trainable, cfg, opts, cur, next, wds, shapes, pieces);
+    const buffers = (withMoments: boolean): Buffers => {
+      const f = flat.size ? { p: new Float32Array(flatSize), m: new Float32Array(flatSize), v: new Float32Array(flatSize) } : undefined;
+      const map = (key: 'p' | 'm' | 'v'): Map<string, Float32Array> =>
+        new Map(trainable.map((n) => {
+          const len = values.get(n)!.length;
+          const off = flat.get(n);
+          return [n, f && off !== undefined ? f[key].subarray(off, off + len) : new Float32Array(len)];
+        }));
+      return { p: map('p'), m: withMoments ? map('m') : new Map(), v: withMoments ? map('v') : new Map(), flat: f };
+    };
+    const cur = buffers(true);
+    for (const n of trainable) {
+      if (flat.has(n)) cur.p.get(n)!.set(values.get(n)!);
+      else cur.p.set(n, values.get(n)!);
+    }
+    const next = buffers(mode === 'graph');
+    return new TrainStep(c, values, trainable, cfg, opts, cur, next, wds, shapes, pieces, flat);
   }
 
   lrAt(step: number): number {
@@ -153,7 +212,18 @@ export class TrainStep {
       feeds['opt.lr'] = scalarF(s.lr);
       feeds['opt.a'] = scalarF(s.a);
       feeds['opt.e'] = scalarF(s.e);
+      const cf = this.cur.flat;
+      if (cf) {
+        feeds[`opt.${FLAT}.p`] = this.host(FLAT, cf.p);
+        feeds[`opt.${FLAT}.m`] = this.host(FLAT, cf.m);
+        feeds[`opt.${FLAT}.v`] = this.host(FLAT, cf.v);
+        const nf = this.next.flat!;
+        this.intoPieces(into, `new.${FLAT}`, FLAT, nf.p);
+        this.intoPieces(into, `new.m.${FLAT}`, FLAT, nf.m);
+        this.intoPieces(into, `new.v.${FLAT}`, FLAT, nf.v);
+      }
       for (const n of this.trainable) {
+        if (this.flat.has(n)) continue;
         feeds[`opt.m.${n}`] = this.host(n, this.cur.m.get(n)!);
         feeds[`opt.v.${n}`] = this.host(n, this.cur.v.get(n)!);
         this.intoPieces(into, `new.${n}`, n, this.next.p.get(n)!);
