@@ -1,7 +1,7 @@
 // Per-op-type time of one training step, from ONNX Runtime's profiler: where a step's time goes.
 //   node dist/bench/profile_step.js [vit.json] [batch] [steps]   a ViT classifier step
 //   node dist/bench/profile_step.js clip [batch] [steps]         the clip-train benchmark's CLIP step
-// TOP=N also lists the N most expensive nodes.
+// TOP=N also lists the N most expensive nodes; PROFILE=0 times steps with the profiler off instead.
 import { readFileSync, readdirSync, rmSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +22,7 @@ interface Profiled {
 }
 
 /** The clip-train benchmark's model and batch (bench/clip.ts), with profiling on. */
-async function clipStep(B: number, prefix: string): Promise<Profiled> {
+async function clipStep(B: number, prefix: string | undefined): Promise<Profiled> {
   const c = { image: 64, patch: 8, vlayers: 6, vwidth: 256, ctx: 32, vocab: 49408, twidth: 256, theads: 4, tlayers: 4, embed: 256 };
   const cfg = fromOpenClip({
     embed_dim: c.embed,
@@ -37,7 +37,7 @@ async function clipStep(B: number, prefix: string): Promise<Profiled> {
   return { step: () => trainer.step({ pixels, tokens: { data: ids, shape: [B, c.ctx] } }), end: () => trainer.endProfiling() };
 }
 
-async function vitStep(cfgPath: string | undefined, B: number, prefix: string): Promise<Profiled> {
+async function vitStep(cfgPath: string | undefined, B: number, prefix: string | undefined): Promise<Profiled> {
   const config: VitConfig = cfgPath
     ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as VitConfig)
     : vitDefaults({ imageSize: 32, patchSize: 4, width: 128, layers: 4, heads: 4, mlpRatio: 2, pool: 'mean', numClasses: 10 });
@@ -45,7 +45,7 @@ async function vitStep(cfgPath: string | undefined, B: number, prefix: string): 
   const { g, logits } = vitClassifierGraph(config, B);
   const targets = g.input('targets', [B, C]);
   const loss = o.neg(o.reduceMean(o.reduceSum(o.mul(o.logSoftmax(logits, -1), targets), [-1])));
-  const ts = await TrainStep.create(g, loss, initParams(g, 0), { optimizer: { lr: 1e-3, weightDecay: 0.05 }, profile: prefix, threads: 2 });
+  const ts = await TrainStep.create(g, loss, initParams(g, 0), { optimizer: { lr: 1e-3, weightDecay: 0.05 }, profile: prefix, threads: Number(process.env.THREADS ?? 2) });
   const S = config.imageSize;
   const pixels = { data: new Float32Array(B * 3 * S * S).map(() => Math.random() - 0.5), shape: [B, 3, S, S] };
   const t = { data: new Float32Array(B * C).fill(1 / C), shape: [B, C] };
@@ -59,8 +59,24 @@ async function main(): Promise<void> {
   const B = Number(batchArg ?? (what === 'clip' ? 64 : 128));
   const steps = Number(stepsArg ?? 10);
   const dir = mkdtempSync(join(tmpdir(), 'ck-prof-'));
-  const p = what === 'clip' ? await clipStep(B, join(dir, 'p')) : await vitStep(what, B, join(dir, 'p'));
+  const profiling = process.env.PROFILE !== '0';
+  const prefix = profiling ? join(dir, 'p') : undefined;
+  const p = what === 'clip' ? await clipStep(B, prefix) : await vitStep(what, B, prefix);
   await p.step(); // compile and first run outside the average
+  if (!profiling) {
+    // PROFILE=0: wall time per step, profiler off — the median and quartiles over `steps` steps.
+    const ms: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      const t = performance.now();
+      await p.step();
+      ms.push(performance.now() - t);
+    }
+    ms.sort((a, b) => a - b);
+    const q = (f: number): string => ms[Math.floor(f * (ms.length - 1))]!.toFixed(1);
+    console.log(`batch ${B}: median ${q(0.5)} ms/step (quartiles ${q(0.25)}–${q(0.75)}), ${(B / Number(q(0.5)) * 1000).toFixed(0)} samples/s, profiler off`);
+    rmSync(dir, { recursive: true });
+    return;
+  }
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) await p.step();
   const wall = (performance.now() - t0) / steps;

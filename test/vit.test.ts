@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
+import { gradients } from '../src/autodiff/grad.js';
 import { Graph } from '../src/graph/graph.js';
 import * as o from '../src/graph/ops.js';
 import { ClipModel } from '../src/models/clip-model.js';
@@ -581,9 +582,11 @@ test('patchKeepIndices: kept count, distinct in-range indices per image, determi
 });
 
 test('patch dropout graph: keeping every patch (any order) gives the inference logits; a subset changes them; the gradient flows', async () => {
-  for (const pool of ['cls', 'mean', 'attn'] as const) {
+  // Without a stem the patches are picked before the embedding (their position rows by a one-hot
+  // product); with a conv stem the embedded tokens are picked after it.
+  for (const [pool, convStem] of [['cls'], ['mean'], ['attn'], ['mean', [4]], ['cls', [4]]] as const) {
     // 0.01 of 16 patches rounds to keeping all 16: the training graph gathers a permutation.
-    const c: VitConfig = { ...base, pool, patchDropout: 0.01 };
+    const c: VitConfig = { ...base, pool, patchDropout: 0.01, ...(convStem ? { convStem: [...convStem] } : {}) };
     const train = vitClassifierGraph(c, 2);
     const infer = vitClassifierGraph(c, 2, 'infer');
     assert.ok(train.g.inputs.some((t) => t.name === 'patch_keep'), `${pool}: no patch_keep input`);
@@ -597,10 +600,22 @@ test('patch dropout graph: keeping every patch (any order) gives the inference l
     const got = (await runTrain.run({ pixels: px, patch_keep: perm })).y!.data as Float32Array;
     assert.ok(maxAbsDiff(got, ref) < 1e-4, `${pool}: permuted full set ${got} vs inference ${ref}`);
 
-    const half: VitConfig = { ...base, pool, patchDropout: 0.5 };
+    const half: VitConfig = { ...c, patchDropout: 0.5 };
     const tg = vitClassifierGraph(half, 2);
     const sub = (await (await compile(tg.g, { y: tg.logits }, { paramValues: params, threads: 1, cacheKey: false })).run({ pixels: px, patch_keep: patchKeepIndices(half, 2, new Rng('h')) })).y!.data as Float32Array;
     assert.ok(maxAbsDiff(sub, ref) > 1e-4, `${pool}: half the patches gave the full-image logits`);
+
+    // The gradient reaches exactly the position rows of the kept patches (and the class row).
+    const keepIdx = patchKeepIndices(half, 2, new Rng('h'));
+    const pos = tg.g.params.get('visual.positional_embedding')!.tensor;
+    const [dPos] = gradients(o.reduceSum(o.mul(tg.logits, tg.logits)), [pos]);
+    const d = (await (await compile(tg.g, { d: dPos! }, { paramValues: params, threads: 1, cacheKey: false })).run({ pixels: px, patch_keep: keepIdx })).d!.data as Float32Array;
+    const kept = new Set([...keepIdx.data].map(Number));
+    const off = pool === 'cls' ? 1 : 0;
+    for (let r = 0; r < 16; r++) {
+      const norm = Math.hypot(...d.subarray((r + off) * 32, (r + off + 1) * 32));
+      assert.ok(kept.has(r) ? norm > 1e-6 : norm === 0, `${pool}${convStem ? ' + stem' : ''}: position row of patch ${r} (${kept.has(r) ? 'kept' : 'dropped'}) has gradient norm ${norm}`);
+    }
   }
 });
 

@@ -151,18 +151,33 @@ export function vit(g: Graph, pixels: Tensor, c: VitConfig): Tensor {
     cin = cout;
   });
   const conv1 = g.param('conv1.weight', [W, cin, p, p], { kind: 'kaiming_uniform', fanIn: cin * p * p, fanOut: W, gain: 1 });
-  let x = linearWith(patchify(feat, p), o.reshape(conv1, [W, cin * p * p]), null); // [N, grid², W]
+  const dropping = g.mode === 'train' && (c.patchDropout ?? 0) > 0;
+  const patches = patchify(feat, p); // [N, grid², cin·p²]
+  // Without a stem, patch dropout picks the kept patches before the embedding: the patch GEMM runs
+  // on the kept ones only, and pixels need no gradient (no scatter back into the full grid).
+  const early = dropping && !c.convStem?.length;
+  const keep = keptPatches(c);
+  const idx = dropping ? g.input('patch_keep', [n!, keep, 1], 'int64') : undefined;
+  const kept = early ? o.gatherElements(patches, o.expand(idx!, [n!, keep, cin * p * p]), 1) : patches;
+  let x = linearWith(kept, o.reshape(conv1, [W, cin * p * p]), null); // [N, grid² | keep, W]
   const cls = c.pool === 'cls' ? g.param('class_embedding', [W], { kind: 'normal', std: scale }) : undefined;
   const pos =
     c.posEmbed === 'learned'
       ? g.param('positional_embedding', [tokens, W], { kind: 'normal', std: scale })
       : o.constant(g, sincos2d(W, grid, c.pool === 'cls'), [tokens, W]);
-  if (g.mode === 'train' && (c.patchDropout ?? 0) > 0) {
+  if (early) {
+    // Each kept token's position row, as a one-hot [N, keep, grid²] × [grid², W] product: its
+    // gradient is one GEMM, where a Gather's would be an element-by-element scatter-add.
+    const hot = o.cast(o.equal(idx!, o.constant(g, Array.from({ length: grid * grid }, (_, i) => i), [1, 1, grid * grid], 'int64')), 'float32');
+    x = o.add(x, o.matmul(hot, cls ? o.slice(pos, 0, 1, tokens) : pos)); // [N, keep, grid²] × [grid², W]
+    if (cls) {
+      const first = o.reshape(o.add(cls, o.reshape(o.slice(pos, 0, 0, 1), [W])), [1, 1, W]);
+      x = o.concat([o.expand(first, [n!, 1, W], x), x], 1);
+    }
+  } else if (dropping) {
     // Position embeddings first, then a random subset of the patch tokens per image (FLIP).
     x = o.add(x, cls ? o.slice(pos, 0, 1, tokens) : pos);
-    const keep = keptPatches(c);
-    const idx = g.input('patch_keep', [n!, keep, 1], 'int64');
-    x = o.gatherElements(x, o.expand(idx, [n!, keep, W]), 1); // [N, keep, W]
+    x = o.gatherElements(x, o.expand(idx!, [n!, keep, W]), 1); // [N, keep, W]
     if (cls) {
       const first = o.reshape(o.add(cls, o.reshape(o.slice(pos, 0, 0, 1), [W])), [1, 1, W]);
       x = o.concat([o.expand(first, [n!, 1, W], x), x], 1);
