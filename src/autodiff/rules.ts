@@ -206,17 +206,27 @@ export const RULES: Record<string, GradRule> = {
     const share = o.div(mask, o.reduceSum(mask, axes, true));
     return [o.mul(share, expandBack(dy!, x, axes, keep))];
   },
+  // Y = A·B: dA = dY·Bᵀ, dB = Aᵀ·dY, the transposes as GEMM flags (fusedMatMul).
   MatMul: (n, [dy], wants) => {
     const [a, b] = [inp(n, 0), inp(n, 1)];
-    const tr = (t: T): T => o.transpose(t, [...t.shape.keys()].map((i) => (i < t.rank - 2 ? i : 2 * t.rank - 3 - i)));
     let db: T | undefined;
     if (wants[1] && b.rank === 2 && a.rank > 2) {
       // A shared weight (x [..., M, K] @ W [K, N]): one GEMM over all rows, dW = X₂ᵀ·dY₂ — not a
       // batch of per-example [K, N] products summed afterwards (B× the memory and a big ReduceSum).
       const rows = flatRows(a);
-      db = o.matmul(o.transpose(o.reshape(a, [rows, a.shape[a.rank - 1]!]), [1, 0]), o.reshape(dy!, [rows, dy!.shape[dy!.rank - 1]!]));
-    } else if (wants[1]) db = unbroadcast(o.matmul(tr(a), dy!), b);
-    return [wants[0] ? unbroadcast(o.matmul(dy!, tr(b)), a) : undefined, db];
+      db = o.fusedMatMul(o.reshape(a, [rows, a.shape[a.rank - 1]!]), o.reshape(dy!, [rows, dy!.shape[dy!.rank - 1]!]), { transA: true });
+    } else if (wants[1]) db = unbroadcast(o.fusedMatMul(a, dy!, { transA: true }), b);
+    return [wants[0] ? unbroadcast(o.fusedMatMul(dy!, b, { transB: true }), a) : undefined, db];
+  },
+  // Y = α·op(A)·op(B), as Gemm's rule but batched: each gradient is one more FusedMatMul.
+  FusedMatMul: (n, [dy], wants) => {
+    const [a, b] = [inp(n, 0), inp(n, 1)];
+    const [tA, tB] = [attrI(n, 'transA', 0) === 1, attrI(n, 'transB', 0) === 1];
+    const alpha = attrF(n, 'alpha', 1);
+    if (attrI(n, 'transBatchA', 0) || attrI(n, 'transBatchB', 0)) throw new Error('the FusedMatMul gradient does not support transBatchA/B');
+    const da = () => (tA ? o.fusedMatMul(b, dy!, { transA: tB, transB: true, alpha }) : o.fusedMatMul(dy!, b, { transB: !tB, alpha }));
+    const db = () => (tB ? o.fusedMatMul(dy!, a, { transA: true, transB: tA, alpha }) : o.fusedMatMul(a, dy!, { transA: !tA, alpha }));
+    return [wants[0] ? unbroadcast(da(), a) : undefined, wants[1] ? unbroadcast(db(), b) : undefined];
   },
   Gemm: (n, [dy], wants) => {
     const [a, b, c] = [inp(n, 0), inp(n, 1), n.inputs[2]];

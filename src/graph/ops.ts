@@ -199,6 +199,30 @@ export function matmul(a: T, b: T): T {
   return a.graph.addNode('MatMul', [a, b], [{ shape: [...batch, m!, n!], dtype: a.dtype }])[0]!;
 }
 
+/**
+ * alpha·op(A)·op(B) over the last two axes, batched and broadcasting like MatMul, where op(X) is X
+ * or its transpose (of the last two axes). float32 runs as one com.microsoft.FusedMatMul: the
+ * transposes are GEMM flags, never materialised (a standalone Transpose that swaps the innermost
+ * axis is an element-by-element copy in ONNX Runtime, and its transpose optimizer can merge it into
+ * a neighbouring head split, where it is slower still). Other dtypes get Transpose + MatMul (+ Mul).
+ */
+export function fusedMatMul(a: T, b: T, o: { transA?: boolean; transB?: boolean; alpha?: number } = {}): T {
+  const alpha = o.alpha ?? 1;
+  const swap = (t: T): T => transpose(t, [...t.shape.keys()].map((i) => (i < t.rank - 2 ? i : 2 * t.rank - 3 - i)));
+  if (a.dtype !== 'float32' || b.dtype !== 'float32') {
+    const y = matmul(o.transA ? swap(a) : a, o.transB ? swap(b) : b);
+    return alpha === 1 ? y : mul(y, alpha);
+  }
+  if (a.rank < 2 || b.rank < 2) fail('FusedMatMul', [a, b], 'inputs must have rank ≥ 2');
+  const [m, k] = o.transA ? a.shape.slice(-2).reverse() : a.shape.slice(-2);
+  const [k2, n] = o.transB ? b.shape.slice(-2).reverse() : b.shape.slice(-2);
+  if (k !== k2) fail('FusedMatMul', [a, b], `inner dimensions differ (${k} vs ${k2})`);
+  const batchA = new Tensor(a.graph, -1, a.shape.slice(0, -2), a.dtype, undefined, a.name);
+  const batchB = new Tensor(b.graph, -1, b.shape.slice(0, -2), b.dtype, undefined, b.name);
+  const batch = broadcastShapes('FusedMatMul', [batchA, batchB]);
+  return a.graph.addNode('FusedMatMul', [a, b], [{ shape: [...batch, m!, n!], dtype: a.dtype }], { alpha: { f: alpha }, transA: { i: o.transA ? 1 : 0 }, transB: { i: o.transB ? 1 : 0 } }, MS)[0]!;
+}
+
 /** Gemm: alpha·op(A)·op(B) + beta·C for 2-D A and B. */
 export function gemm(a: T, b: T, c: T | null, o: { transA?: boolean; transB?: boolean; alpha?: number; beta?: number } = {}): T {
   const ins = c ? [a, b, c] : [a, b];

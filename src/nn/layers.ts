@@ -111,7 +111,10 @@ export function crossAttention(g: Graph, name: string, q: T, kv: T, heads: numbe
       const kvp = o.transpose(o.reshape(linearWith(kv, wkv!, bkv!), [n, t, 2, heads, hd]), [2, 0, 3, 1, 4]);
       [kh, vh] = o.split(kvp, 0, [1, 1]).map((z) => o.squeeze(z, [0])) as [T, T];
     }
-    let scores = o.matmul(o.mul(qh, 1 / Math.sqrt(hd)), o.transpose(kh, [0, 1, 3, 2])); // [N, H, S, T]
+    // [N, H, S, T] = q·kᵀ/√hd with kᵀ and the scale as GEMM flags (one FusedMatMul) in training
+    // graphs; inference graphs keep standard ops (ORT fuses them; other runtimes need not know it).
+    let scores =
+      g.mode === 'train' ? o.fusedMatMul(qh, kh, { transB: true, alpha: 1 / Math.sqrt(hd) }) : o.matmul(o.mul(qh, 1 / Math.sqrt(hd)), o.transpose(kh, [0, 1, 3, 2]));
     if (mask) scores = o.add(scores, mask);
     const attn = o.matmul(o.softmax(scores, -1), vh); // [N, H, S, hd]
     const merged = o.reshape(o.transpose(attn, [0, 2, 1, 3]), [n, s, d]);
