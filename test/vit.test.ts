@@ -20,7 +20,7 @@ import { type VitConfig, keptPatches, patchKeepIndices, patchify, sincos2d, vali
 import { linearWith } from '../src/nn/layers.js';
 import { Rng, initParams } from '../src/nn/init.js';
 import { compile } from '../src/runtime/compile.js';
-import { loadVit, mixBatch, vitClassifierGraph } from '../src/train/vit-run.js';
+import { flipWidth, loadVit, mixBatch, vitClassifierGraph } from '../src/train/vit-run.js';
 import { evaluate, maxAbsDiff, randn, rng } from './helpers.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
@@ -409,9 +409,35 @@ for (const variant of ['tiny', 'stem'] as const) {
     assert.deepEqual(cells, ev.confusion.flat());
     assert.equal(ev.confusion.map((row: number[], i: number) => row[i]).reduce((p: number, q: number) => p + q, 0) / N_IMAGES, ev.top1);
     ev.confusion.forEach((row: number[]) => assert.equal(row.reduce((p, q) => p + q, 0), N_IMAGES / 3));
+    // Flip test-time augmentation: these images are mirror-symmetric (one colour each), so the
+    // averaged logits rank exactly as the plain ones.
+    const evFlip = lastJson((await cli('eval', '--model', r.modelPath, '--data', data, '--json', '--tta', 'flip')).stdout);
+    assert.equal(evFlip.tta, 'flip');
+    assert.deepEqual(evFlip.confusion, ev.confusion);
     t.diagnostic(`loss ${first.toFixed(3)} → ${last.toFixed(3)}; held-out top-1 ${r.top1}; all-image top-1 ${ev.top1}`);
   });
 }
+
+test('flipWidth mirrors every row of NCHW pixels; twice is the identity', () => {
+  const px = Float32Array.from({ length: 2 * 3 * 2 * 4 }, (_, i) => i);
+  const f = flipWidth(px, 4);
+  assert.deepEqual([...f.subarray(0, 8)], [3, 2, 1, 0, 7, 6, 5, 4]);
+  assert.deepEqual([...f.subarray(44, 48)], [47, 46, 45, 44]);
+  assert.deepEqual(flipWidth(f, 4), px);
+});
+
+test('CLI: vit train --replicas 2 (data parallel) follows the single-session run; a batch that does not split is refused', async () => {
+  const run = async (name: string, extra: string[]) => {
+    const out = join(dir, name);
+    await cli('train', data, '--out', out, '--model', join(dir, 'tiny.json'), '--max-steps', '12', '--holdout', '0.25', ...common, '--seed', '3', '--eval-every', '0', ...extra);
+    return [...losses(out).values()];
+  };
+  const one = await run('dp-1', []);
+  const two = await run('dp-2', ['--replicas', '2']);
+  assert.equal(two.length, 12);
+  two.forEach((l, i) => assert.ok(Math.abs(l - one[i]!) < 1e-4, `step ${i + 1}: ${l} with 2 replicas vs ${one[i]} with one session`));
+  await assert.rejects(cli('train', data, '--out', join(dir, 'dp-3'), '--model', join(dir, 'tiny.json'), '--max-steps', '2', ...common, '--replicas', '3'), /batch size 8 does not split into 3 equal replica shards/);
+});
 
 test('CLI: bad options and paths exit non-zero with a message naming them', async () => {
   const missing = join(dir, 'no-such-folder');

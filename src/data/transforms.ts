@@ -169,8 +169,24 @@ interface Coeffs {
   k: Int32Array;
 }
 
-// Pillow's precompute_coeffs + normalize_coeffs_8bpc, for output indices [first, first + count).
+// Coefficient tables by (inSize, outSize, first, count): training crops of small images repeat the
+// same few sizes, and building a table costs as much as a fifth of the resize it serves.
+const coeffCache = new Map<string, Coeffs>();
+const COEFF_CACHE_MAX = 4096;
+
 function bicubicCoeffs(inSize: number, outSize: number, first: number, count: number): Coeffs {
+  const key = `${inSize}:${outSize}:${first}:${count}`;
+  let c = coeffCache.get(key);
+  if (!c) {
+    if (coeffCache.size >= COEFF_CACHE_MAX) coeffCache.clear();
+    c = computeBicubicCoeffs(inSize, outSize, first, count);
+    coeffCache.set(key, c);
+  }
+  return c;
+}
+
+// Pillow's precompute_coeffs + normalize_coeffs_8bpc, for output indices [first, first + count).
+function computeBicubicCoeffs(inSize: number, outSize: number, first: number, count: number): Coeffs {
   const scale = inSize / outSize;
   const filterscale = Math.max(scale, 1);
   const support = BICUBIC_SUPPORT * filterscale;

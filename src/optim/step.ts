@@ -103,7 +103,7 @@ export class TrainStep {
 
   static async create(g: Graph, loss: Tensor, values: ParamValues, opts: TrainStepOptions = {}): Promise<TrainStep> {
     const cfg = { ...ADAMW_DEFAULTS, ...opts.optimizer };
-    validate(cfg);
+    validateAdamW(cfg);
     const mode = opts.update ?? 'graph';
     const specs = [...g.params.values()];
     for (const p of specs) if (!values.has(p.name)) throw new Error(`no value for parameter '${p.name}'`);
@@ -262,6 +262,11 @@ export class TrainStep {
     this.c.session.endProfiling();
   }
 
+  /** Frees the session; the step cannot be used afterwards (the parameter arrays stay valid). */
+  async close(): Promise<void> {
+    await this.c.session.release();
+  }
+
   /** The optimizer state (for checkpoints): step count and both moments, by parameter name. */
   get state(): OptimizerState {
     return { step: this.t, m: this.cur.m, v: this.cur.v };
@@ -305,7 +310,8 @@ function scalarF(v: number): HostTensor {
   return { data: Float32Array.of(v), shape: [] };
 }
 
-function validate(c: AdamWConfig): void {
+/** Throws naming the first bad AdamW setting. */
+export function validateAdamW(c: AdamWConfig): void {
   const bad = (what: string): never => {
     throw new Error(`AdamW: ${what}`);
   };

@@ -12,6 +12,7 @@ import { loadClip } from '../models/load.js';
 import { type VitConfig, patchKeepIndices, validateVit, vit } from '../models/vit.js';
 import type { HostTensor } from '../runtime/session.js';
 import { Rng, initParams } from '../nn/init.js';
+import { DataParallelStep } from '../optim/parallel.js';
 import { TrainStep } from '../optim/step.js';
 import { warmupCosine } from '../optim/schedule.js';
 import { compile } from '../runtime/compile.js';
@@ -48,6 +49,8 @@ export interface VitRunConfig {
   seed: number;
   workers: number;
   threads?: number;
+  /** Data-parallel replicas (worker threads, one ONNX Runtime thread each); default 1: one session with `threads`. */
+  replicas?: number;
   cacheImages: boolean;
   augmentScale: [number, number];
 }
@@ -177,17 +180,22 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
   let schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, total ?? cfg.warmup), total ?? Math.max(cfg.warmup, 1));
   // Training graph: soft targets so mixup/cutmix and label smoothing share one loss. One per patch
   // dropout: unmasked tuning switches to the every-patch graph for the last steps.
-  const makeStep = (dropout: number): Promise<TrainStep> => {
-    const { g, logits } = vitClassifierGraph({ ...config, patchDropout: dropout }, B);
-    const targets = g.input('targets', [B, C]);
+  const replicas = cfg.replicas ?? 1;
+  if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`replicas must be a positive integer, got ${replicas}`);
+  if (B % replicas !== 0) throw new Error(`the batch size ${B} does not split into ${replicas} equal replica shards`);
+  const makeStep = (dropout: number): Promise<TrainStep | DataParallelStep> => {
+    // With replicas, the graph is one replica's: a shard of B / replicas images.
+    const shard = B / replicas;
+    const { g, logits } = vitClassifierGraph({ ...config, patchDropout: dropout }, shard);
+    const targets = g.input('targets', [shard, C]);
     const loss = o.neg(o.reduceMean(o.reduceSum(o.mul(o.logSoftmax(logits, -1), targets), [-1])));
-    return TrainStep.create(g, loss, params, {
-      optimizer: { lr: cfg.lr, betas: [0.9, 0.999], eps: 1e-8, weightDecay: cfg.weightDecay },
-      weightDecayOf: (n, shape) => (openClipExcluded(n, shape) || n.endsWith('positional_embedding') || n.endsWith('class_embedding') ? 0 : cfg.weightDecay),
+    const opts = {
+      optimizer: { lr: cfg.lr, betas: [0.9, 0.999] as [number, number], eps: 1e-8, weightDecay: cfg.weightDecay },
+      weightDecayOf: (n: string, shape: readonly number[]) => (openClipExcluded(n, shape) || n.endsWith('positional_embedding') || n.endsWith('class_embedding') ? 0 : cfg.weightDecay),
       clipNorm: cfg.clipNorm,
-      schedule: (s) => schedule(s),
-      threads: cfg.threads,
-    });
+      schedule: (s: number) => schedule(s),
+    };
+    return replicas > 1 ? DataParallelStep.create(g, loss, params, { ...opts, replicas }) : TrainStep.create(g, loss, params, { ...opts, threads: cfg.threads });
   };
   let dropout = config.patchDropout ?? 0;
   let ts = await makeStep(dropout);
@@ -212,6 +220,7 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
           log(`step ${ts.t}: unmasked tuning — every patch from here on`);
           const next = await makeStep(0);
           next.loadState(ts.state);
+          await ts.close();
           [ts, dropout] = [next, 0];
         }
         const t = new Float32Array(B * C).fill(cfg.labelSmoothing / C);
@@ -236,6 +245,7 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
   } finally {
     await loader.close();
     await evalLoader?.close();
+    await ts.close();
   }
   const modelPath = join(cfg.out, 'vit.safetensors');
   await saveVit(modelPath, config, src.classes, params);
@@ -264,13 +274,29 @@ export async function loadVit(path: string): Promise<{ config: VitConfig; classe
 }
 
 /** Top-1 / top-5 and the confusion matrix (rows: true class, columns: predicted) on a loader. */
-export async function evaluateVit(config: VitConfig, params: Map<string, Float32Array>, loader: DataLoader, classes: number, threads?: number): Promise<{ metrics: Record<string, number>; confusion: number[][]; images: number }> {
+/**
+ * Top-1/top-5 and the confusion matrix of the classifier on `loader`'s images. With `tta: 'flip'`
+ * each image is also classified mirrored left-right and the two logit vectors are averaged
+ * (test-time augmentation; twice the compute).
+ */
+export async function evaluateVit(
+  config: VitConfig,
+  params: Map<string, Float32Array>,
+  loader: DataLoader,
+  classes: number,
+  threads?: number,
+  tta: 'none' | 'flip' = 'none',
+): Promise<{ metrics: Record<string, number>; confusion: number[][]; images: number }> {
   const { g, logits } = vitClassifierGraph(config, 'N', 'infer');
   const c = await compile(g, { logits }, { paramValues: params, threads, cacheKey: false });
   const confusion = Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
   let [n, top1, top5] = [0, 0, 0];
   for await (const b of loader.batches(0)) {
     const out = (await c.run({ pixels: b.pixels })).logits!.data as Float32Array;
+    if (tta === 'flip') {
+      const mirrored = (await c.run({ pixels: { data: flipWidth(b.pixels.data as Float32Array, b.pixels.shape[3]!), shape: b.pixels.shape } })).logits!.data as Float32Array;
+      for (let i = 0; i < out.length; i++) out[i] = (out[i]! + mirrored[i]!) / 2;
+    }
     b.labels.forEach((label, i) => {
       const row = out.subarray(i * classes, (i + 1) * classes);
       const order = [...row.keys()].sort((p, q) => row[q]! - row[p]! || p - q);
@@ -281,4 +307,13 @@ export async function evaluateVit(config: VitConfig, params: Map<string, Float32
     });
   }
   return { metrics: { top1: top1 / n, top5: top5 / n }, confusion, images: n };
+}
+
+/** A copy of NCHW (or any …W) pixels mirrored along the last axis. */
+export function flipWidth(px: Float32Array, width: number): Float32Array {
+  const out = new Float32Array(px.length);
+  for (let row = 0; row < px.length; row += width) {
+    for (let x = 0; x < width; x++) out[row + x] = px[row + width - 1 - x]!;
+  }
+  return out;
 }

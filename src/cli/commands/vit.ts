@@ -29,6 +29,7 @@ const TRAIN = {
   seed: { type: 'int', default: 0, help: 'seed' },
   workers: { type: 'int', default: 1, min: 0, max: 64, help: 'data worker threads' },
   threads: { type: 'int', min: 1, max: 256, help: 'ONNX Runtime threads' },
+  replicas: { type: 'int', min: 1, max: 64, help: 'data-parallel replicas: worker threads with one ONNX Runtime thread each, on equal shards of every batch (default 1)' },
   'cache-images': { type: 'boolean', help: 'decode images once and keep them in memory' },
   'crop-scale': { type: 'float', default: 0.35, min: 0.05, max: 1, help: 'smallest area fraction of the random resized crop' },
   resume: { type: 'boolean', help: 'continue the run in --out' },
@@ -40,6 +41,7 @@ const EVAL = {
   model: { type: 'string', help: 'a ViT classifier (.safetensors written by vit train)' },
   data: { type: 'string', help: 'image folder by class with the same classes' },
   confusion: { type: 'string', help: 'write the confusion matrix as HTML here' },
+  tta: { type: 'string', default: 'none', choices: ['none', 'flip'], help: 'test-time augmentation: flip also classifies each image mirrored and averages the logits' },
   'batch-size': { type: 'int', default: 250, min: 1, help: 'images per batch' },
   workers: { type: 'int', default: 1, min: 0, max: 64, help: 'data worker threads' },
   json: { type: 'boolean', help: 'print JSON' },
@@ -66,9 +68,13 @@ const vit: Command = {
       const { opts, positionals } = parse('vit train', rest, TRAIN);
       if (opts.help) return console.log(usage('vit train', 'train a ViT classifier on an image folder by class', TRAIN, '<folder> --out <dir>'));
       if (!opts.out) throw new UsageError('vit train: --out is required');
-      if (opts.resume) checkResumeFlags('vit train', rest, ['out', 'resume', 'json', 'threads', 'workers']);
+      if (opts.resume) checkResumeFlags('vit train', rest, ['out', 'resume', 'json', 'threads', 'workers', 'replicas']);
       const cfg: VitRunConfig = opts.resume
-        ? { ...readRunConfig<VitRunConfig>('vit train', opts.out), ...(opts.threads !== undefined ? { threads: opts.threads } : {}) }
+        ? {
+            ...readRunConfig<VitRunConfig>('vit train', opts.out),
+            ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
+            ...(opts.replicas !== undefined ? { replicas: opts.replicas } : {}),
+          }
         : {
             data: positionals[0] ?? (() => { throw new UsageError('vit train: give the image folder'); })(),
             out: opts.out,
@@ -93,6 +99,7 @@ const vit: Command = {
             seed: opts.seed,
             workers: opts.workers,
             threads: opts.threads,
+            replicas: opts.replicas,
             cacheImages: opts['cache-images'],
             augmentScale: [opts['crop-scale'], 1],
           };
@@ -111,9 +118,9 @@ const vit: Command = {
       const noText = { encode: (t: readonly string[]) => ({ data: new Int32Array(t.length), shape: [t.length, 1] as [number, number] }) };
       const loader = new DataLoader(src, { batchSize: opts['batch-size'], imageSize: config.imageSize, train: false, tokenizer: noText, contextLength: 1, workers: opts.workers });
       try {
-        const r = await evaluateVit(config, params, loader, classes.length);
+        const r = await evaluateVit(config, params, loader, classes.length, undefined, opts.tta as 'none' | 'flip');
         if (opts.confusion) writeFileSync(opts.confusion, confusionHtml(classes, r.confusion));
-        const out = { model: opts.model, data: opts.data, images: r.images, skipped: loader.stats.skipped, top1: r.metrics.top1, top5: r.metrics.top5, confusion: r.confusion };
+        const out = { model: opts.model, data: opts.data, tta: opts.tta, images: r.images, skipped: loader.stats.skipped, top1: r.metrics.top1, top5: r.metrics.top5, confusion: r.confusion };
         console.log(opts.json ? JSON.stringify(out) : `${r.images} images: top-1 ${(out.top1! * 100).toFixed(2)}%, top-5 ${(out.top5! * 100).toFixed(2)}%${opts.confusion ? `\nconfusion matrix: ${opts.confusion}` : ''}`);
       } finally {
         await loader.close();
