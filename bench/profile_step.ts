@@ -2,7 +2,7 @@
 //   node dist/bench/profile_step.js [vit.json] [batch] [steps]   a ViT classifier step
 //   node dist/bench/profile_step.js clip [batch] [steps]         the clip-train benchmark's CLIP step
 // TOP=N also lists the N most expensive nodes; PROFILE=0 times steps with the profiler off instead;
-// REPLICAS=k (with PROFILE=0) times the data-parallel step: k worker threads, one ORT thread each.
+// THREADS=n sets ONNX Runtime's threads (default 2).
 import { readFileSync, readdirSync, rmSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,6 @@ import * as o from '../src/graph/ops.js';
 import { type VitConfig, patchKeepIndices, vitDefaults } from '../src/models/vit.js';
 import { Rng } from '../src/nn/init.js';
 import { initParams } from '../src/nn/init.js';
-import { DataParallelStep } from '../src/optim/parallel.js';
 import { TrainStep } from '../src/optim/step.js';
 import type { HostTensor } from '../src/runtime/session.js';
 import { vitClassifierGraph } from '../src/train/vit-run.js';
@@ -45,22 +44,17 @@ async function vitStep(cfgPath: string | undefined, B: number, prefix: string | 
     ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as VitConfig)
     : vitDefaults({ imageSize: 32, patchSize: 4, width: 128, layers: 4, heads: 4, mlpRatio: 2, pool: 'mean', numClasses: 10 });
   const C = config.numClasses;
-  // REPLICAS=k: data parallel, k worker threads with one ORT thread each on B/k images (no profile).
-  const replicas = Number(process.env.REPLICAS ?? 1);
-  const { g, logits } = vitClassifierGraph(config, B / replicas);
-  const targets = g.input('targets', [B / replicas, C]);
+  const { g, logits } = vitClassifierGraph(config, B);
+  const targets = g.input('targets', [B, C]);
   const loss = o.neg(o.reduceMean(o.reduceSum(o.mul(o.logSoftmax(logits, -1), targets), [-1])));
   const optimizer = { lr: 1e-3, weightDecay: 0.05 };
-  const ts =
-    replicas > 1
-      ? await DataParallelStep.create(g, loss, initParams(g, 0), { optimizer, replicas })
-      : await TrainStep.create(g, loss, initParams(g, 0), { optimizer, profile: prefix, threads: Number(process.env.THREADS ?? 2) });
+  const ts = await TrainStep.create(g, loss, initParams(g, 0), { optimizer, profile: prefix, threads: Number(process.env.THREADS ?? 2) });
   const S = config.imageSize;
   const pixels = { data: new Float32Array(B * 3 * S * S).map(() => Math.random() - 0.5), shape: [B, 3, S, S] };
   const t = { data: new Float32Array(B * C).fill(1 / C), shape: [B, C] };
   const feeds: Record<string, HostTensor> = { pixels, targets: t };
   if ((config.patchDropout ?? 0) > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng('profile'));
-  return { step: () => ts.step(feeds), end: () => (ts instanceof TrainStep ? ts.endProfiling() : undefined), close: () => ts.close() };
+  return { step: () => ts.step(feeds), end: () => ts.endProfiling(), close: () => ts.close() };
 }
 
 async function main(): Promise<void> {
@@ -69,7 +63,6 @@ async function main(): Promise<void> {
   const steps = Number(stepsArg ?? 10);
   const dir = mkdtempSync(join(tmpdir(), 'ck-prof-'));
   const profiling = process.env.PROFILE !== '0';
-  if (profiling && Number(process.env.REPLICAS ?? 1) > 1) throw new Error('REPLICAS needs PROFILE=0 (the replicas run in worker threads)');
   const prefix = profiling ? join(dir, 'p') : undefined;
   const p = what === 'clip' ? await clipStep(B, prefix) : await vitStep(what, B, prefix);
   await p.step(); // compile and first run outside the average

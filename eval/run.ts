@@ -86,9 +86,12 @@ async function cifarVit(o: Opts): Promise<unknown> {
   rmSync(out, { recursive: true, force: true });
   clipkit(['vit', 'train', train, '--out', out, '--model', join(ROOT, 'eval', 'configs', 'cifar-vit.json'), '--minutes', String(o.minutes ?? 30),
     '--patch-dropout', '0.75', '--unmasked-tune', '0.1', '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
-    '--eval-every', '1000', '--save-every', '1000', '--cache-images', '--holdout', '0.1', '--seed', '0']);
-  const r = JSON.parse(clipkit(['vit', 'eval', '--model', join(out, 'vit.safetensors'), '--data', held, '--confusion', join(out, 'confusion.html'), '--json'], true)) as { top1: number; top5: number; images: number };
-  return { task: 'cifar-vit', minutes: o.minutes ?? 30, heldOutImages: r.images, top1: r.top1, top5: r.top5, run: out };
+    '--eval-every', '2500', '--save-every', '2500', '--cache-images', '--holdout', '0.1', '--seed', '0']);
+  const evalVit = (extra: string[]) =>
+    JSON.parse(clipkit(['vit', 'eval', '--model', join(out, 'vit.safetensors'), '--data', held, '--json', ...extra], true)) as { top1: number; top5: number; images: number };
+  const r = evalVit(['--confusion', join(out, 'confusion.html')]);
+  const flip = evalVit(['--tta', 'flip']);
+  return { task: 'cifar-vit', minutes: o.minutes ?? 30, heldOutImages: r.images, top1: r.top1, top5: r.top5, flipTta: { top1: flip.top1, top5: flip.top5 }, run: out };
 }
 
 async function defaultModel(o: Opts): Promise<unknown> {

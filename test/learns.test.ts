@@ -7,7 +7,6 @@ import * as o from '../src/graph/ops.js';
 import { Rng, initParams } from '../src/nn/init.js';
 import { layerNorm, linear, transformer } from '../src/nn/layers.js';
 import { accuracy, crossEntropy } from '../src/nn/losses.js';
-import { DataParallelStep } from '../src/optim/parallel.js';
 import { TrainStep } from '../src/optim/step.js';
 import { warmupCosine } from '../src/optim/schedule.js';
 
@@ -120,67 +119,4 @@ test('the in-graph AdamW update (flat group or per parameter) and the in-place T
   }
   // Pieces are used: fc1.weight has 128 elements, so 19 pieces of ≤ 7.
   assert.equal(a.values.get('fc1.weight')!.length, 128);
-});
-
-test('data parallel: 2 and 4 replicas on shards of the batch follow the single-session trajectory (clipping, per-parameter decay, clamp, resume)', async () => {
-  const build = (batch: number) => {
-    const g = new Graph('mlp');
-    const x = g.input('x', [batch, 8]);
-    const y = g.input('y', [batch], 'int64');
-    return { g, loss: crossEntropy(linear(g, 'fc2', o.gelu(linear(g, 'fc1', x, 16)), 3), y) };
-  };
-  const opts = {
-    optimizer: { lr: 1e-2, weightDecay: 0.1 },
-    weightDecayOf: (name: string) => (name.endsWith('bias') ? 0 : 0.1),
-    clipNorm: 0.5,
-    schedule: warmupCosine(1e-2, 3, 20),
-    clamp: { 'fc2.bias': [-0.05, 0.05] as [number, number] },
-  };
-  const data = (seed: number) => {
-    const r = new Rng(seed);
-    return Array.from({ length: 12 }, () => ({
-      x: { data: new Float32Array(32 * 8).map(() => r.normal()), shape: [32, 8] },
-      y: { data: BigInt64Array.from({ length: 32 }, () => BigInt(r.int(3))), shape: [32] },
-    }));
-  };
-  const batches = data(11);
-  const single = build(32);
-  const ref = await TrainStep.create(single.g, single.loss, initParams(single.g, 5), { ...opts, threads: 1 });
-  const refLoss: number[] = [];
-  const refNorm: number[] = [];
-  for (const b of batches) {
-    const r = await ref.step(b);
-    refLoss.push(r.loss);
-    refNorm.push(r.gradNorm!);
-  }
-  for (const k of [2, 4]) {
-    const shard = build(32 / k);
-    let live = await DataParallelStep.create(shard.g, shard.loss, initParams(shard.g, 5), { ...opts, replicas: k });
-    try {
-      for (let i = 0; i < batches.length; i++) {
-        if (i === 6) {
-          // Resume from a checkpoint's state and parameters: a fresh step continues identically.
-          const copy = (m: Map<string, Float32Array>) => new Map([...m].map(([n, a]) => [n, a.slice()]));
-          const saved = { step: live.state.step, m: copy(live.state.m), v: copy(live.state.v) };
-          const values = copy(live.values);
-          await live.close();
-          const fresh = build(32 / k); // a graph is consumed by the step built from it
-          live = await DataParallelStep.create(fresh.g, fresh.loss, values, { ...opts, replicas: k });
-          live.loadState(saved);
-        }
-        const r = await live.step(batches[i]!);
-        assert.ok(Math.abs(r.loss - refLoss[i]!) < 1e-5, `${k} replicas, step ${i}: loss ${r.loss} vs ${refLoss[i]}`);
-        assert.ok(Math.abs(r.gradNorm! - refNorm[i]!) < 1e-4, `${k} replicas, step ${i}: gradient norm ${r.gradNorm} vs ${refNorm[i]}`);
-      }
-      for (const [name, w] of ref.values) {
-        const d = w.reduce((m, v, i) => Math.max(m, Math.abs(v - live.values.get(name)![i]!)), 0);
-        assert.ok(d < 1e-5, `${k} replicas: ${name} differs by ${d}`);
-      }
-      assert.ok(live.values.get('fc2.bias')!.every((v) => Math.abs(v) <= 0.05 + 1e-7), 'the clamp holds');
-      await assert.rejects(live.step({ x: { data: new Float32Array(30 * 8), shape: [30, 8] }, y: batches[0]!.y }), /input 'x': leading size 30, expected 32/);
-    } finally {
-      await live.close();
-    }
-  }
-  await assert.rejects(DataParallelStep.create(build(16).g, build(16).loss, new Map(), { replicas: 2 }), /no value for parameter/);
 });

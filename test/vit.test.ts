@@ -426,19 +426,6 @@ test('flipWidth mirrors every row of NCHW pixels; twice is the identity', () => 
   assert.deepEqual(flipWidth(f, 4), px);
 });
 
-test('CLI: vit train --replicas 2 (data parallel) follows the single-session run; a batch that does not split is refused', async () => {
-  const run = async (name: string, extra: string[]) => {
-    const out = join(dir, name);
-    await cli('train', data, '--out', out, '--model', join(dir, 'tiny.json'), '--max-steps', '12', '--holdout', '0.25', ...common, '--seed', '3', '--eval-every', '0', ...extra);
-    return [...losses(out).values()];
-  };
-  const one = await run('dp-1', []);
-  const two = await run('dp-2', ['--replicas', '2']);
-  assert.equal(two.length, 12);
-  two.forEach((l, i) => assert.ok(Math.abs(l - one[i]!) < 1e-4, `step ${i + 1}: ${l} with 2 replicas vs ${one[i]} with one session`));
-  await assert.rejects(cli('train', data, '--out', join(dir, 'dp-3'), '--model', join(dir, 'tiny.json'), '--max-steps', '2', ...common, '--replicas', '3'), /batch size 8 does not split into 3 equal replica shards/);
-});
-
 test('CLI: bad options and paths exit non-zero with a message naming them', async () => {
   const missing = join(dir, 'no-such-folder');
   const bad = (args: string[], code: number, msg: RegExp) =>

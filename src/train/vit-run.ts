@@ -12,7 +12,6 @@ import { loadClip } from '../models/load.js';
 import { type VitConfig, patchKeepIndices, validateVit, vit } from '../models/vit.js';
 import type { HostTensor } from '../runtime/session.js';
 import { Rng, initParams } from '../nn/init.js';
-import { DataParallelStep } from '../optim/parallel.js';
 import { TrainStep } from '../optim/step.js';
 import { warmupCosine } from '../optim/schedule.js';
 import { compile } from '../runtime/compile.js';
@@ -49,8 +48,6 @@ export interface VitRunConfig {
   seed: number;
   workers: number;
   threads?: number;
-  /** Data-parallel replicas (worker threads, one ONNX Runtime thread each); default 1: one session with `threads`. */
-  replicas?: number;
   cacheImages: boolean;
   augmentScale: [number, number];
 }
@@ -180,22 +177,17 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
   let schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, total ?? cfg.warmup), total ?? Math.max(cfg.warmup, 1));
   // Training graph: soft targets so mixup/cutmix and label smoothing share one loss. One per patch
   // dropout: unmasked tuning switches to the every-patch graph for the last steps.
-  const replicas = cfg.replicas ?? 1;
-  if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`replicas must be a positive integer, got ${replicas}`);
-  if (B % replicas !== 0) throw new Error(`the batch size ${B} does not split into ${replicas} equal replica shards`);
-  const makeStep = (dropout: number): Promise<TrainStep | DataParallelStep> => {
-    // With replicas, the graph is one replica's: a shard of B / replicas images.
-    const shard = B / replicas;
-    const { g, logits } = vitClassifierGraph({ ...config, patchDropout: dropout }, shard);
-    const targets = g.input('targets', [shard, C]);
+  const makeStep = (dropout: number): Promise<TrainStep> => {
+    const { g, logits } = vitClassifierGraph({ ...config, patchDropout: dropout }, B);
+    const targets = g.input('targets', [B, C]);
     const loss = o.neg(o.reduceMean(o.reduceSum(o.mul(o.logSoftmax(logits, -1), targets), [-1])));
-    const opts = {
-      optimizer: { lr: cfg.lr, betas: [0.9, 0.999] as [number, number], eps: 1e-8, weightDecay: cfg.weightDecay },
-      weightDecayOf: (n: string, shape: readonly number[]) => (openClipExcluded(n, shape) || n.endsWith('positional_embedding') || n.endsWith('class_embedding') ? 0 : cfg.weightDecay),
+    return TrainStep.create(g, loss, params, {
+      optimizer: { lr: cfg.lr, betas: [0.9, 0.999], eps: 1e-8, weightDecay: cfg.weightDecay },
+      weightDecayOf: (n, shape) => (openClipExcluded(n, shape) || n.endsWith('positional_embedding') || n.endsWith('class_embedding') ? 0 : cfg.weightDecay),
       clipNorm: cfg.clipNorm,
-      schedule: (s: number) => schedule(s),
-    };
-    return replicas > 1 ? DataParallelStep.create(g, loss, params, { ...opts, replicas }) : TrainStep.create(g, loss, params, { ...opts, threads: cfg.threads });
+      schedule: (s) => schedule(s),
+      threads: cfg.threads,
+    });
   };
   let dropout = config.patchDropout ?? 0;
   let ts = await makeStep(dropout);

@@ -29,7 +29,6 @@ const TRAIN = {
   seed: { type: 'int', default: 0, help: 'seed' },
   workers: { type: 'int', default: 1, min: 0, max: 64, help: 'data worker threads' },
   threads: { type: 'int', min: 1, max: 256, help: 'ONNX Runtime threads' },
-  replicas: { type: 'int', min: 1, max: 64, help: 'data-parallel replicas: worker threads with one ONNX Runtime thread each, on equal shards of every batch (default 1)' },
   'cache-images': { type: 'boolean', help: 'decode images once and keep them in memory' },
   'crop-scale': { type: 'float', default: 0.35, min: 0.05, max: 1, help: 'smallest area fraction of the random resized crop' },
   resume: { type: 'boolean', help: 'continue the run in --out' },
@@ -68,13 +67,9 @@ const vit: Command = {
       const { opts, positionals } = parse('vit train', rest, TRAIN);
       if (opts.help) return console.log(usage('vit train', 'train a ViT classifier on an image folder by class', TRAIN, '<folder> --out <dir>'));
       if (!opts.out) throw new UsageError('vit train: --out is required');
-      if (opts.resume) checkResumeFlags('vit train', rest, ['out', 'resume', 'json', 'threads', 'workers', 'replicas']);
+      if (opts.resume) checkResumeFlags('vit train', rest, ['out', 'resume', 'json', 'threads', 'workers']);
       const cfg: VitRunConfig = opts.resume
-        ? {
-            ...readRunConfig<VitRunConfig>('vit train', opts.out),
-            ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
-            ...(opts.replicas !== undefined ? { replicas: opts.replicas } : {}),
-          }
+        ? { ...readRunConfig<VitRunConfig>('vit train', opts.out), ...(opts.threads !== undefined ? { threads: opts.threads } : {}) }
         : {
             data: positionals[0] ?? (() => { throw new UsageError('vit train: give the image folder'); })(),
             out: opts.out,
@@ -99,7 +94,6 @@ const vit: Command = {
             seed: opts.seed,
             workers: opts.workers,
             threads: opts.threads,
-            replicas: opts.replicas,
             cacheImages: opts['cache-images'],
             augmentScale: [opts['crop-scale'], 1],
           };
