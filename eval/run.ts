@@ -85,7 +85,7 @@ async function cifarVit(o: Opts): Promise<unknown> {
   const out = join(o.work, 'cifar-vit');
   rmSync(out, { recursive: true, force: true });
   clipkit(['vit', 'train', train, '--out', out, '--model', join(ROOT, 'eval', 'configs', 'cifar-vit.json'), '--minutes', String(o.minutes ?? 30),
-    '--patch-dropout', '0.75', '--unmasked-tune', '0.1', '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
+    '--patch-dropout', '0.75', '--unmasked-tune', '0.05', '--batch-size', '128', '--lr', '2e-3', '--wd', '0.05', '--warmup', '300', '--crop-scale', '0.6', '--label-smoothing', '0.1',
     '--eval-every', '2500', '--save-every', '2500', '--cache-images', '--holdout', '0.1', '--seed', '0']);
   const evalVit = (extra: string[]) =>
     JSON.parse(clipkit(['vit', 'eval', '--model', join(out, 'vit.safetensors'), '--data', held, '--json', ...extra], true)) as { top1: number; top5: number; images: number };

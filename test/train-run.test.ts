@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
+import { fitSteps } from '../src/train/loop.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
 let dir: string;
@@ -114,4 +115,19 @@ test('bad options are rejected with a message', () => {
   assert.match(run(['--config', join(dir, 'cfg.json')]), /unknown key 'learning-rate'/);
   writeFileSync(join(dir, 'cfg2.json'), JSON.stringify({ data, out: join(dir, 'x'), 'max-steps': '2' }));
   assert.match(run(['--config', join(dir, 'cfg2.json')]), /'max-steps' must be a number/);
+});
+
+test('fitSteps: a time budget with uniform steps, and with costlier last steps (unmasked tuning)', () => {
+  assert.equal(fitSteps(20, 1000, 10), 120);
+  assert.equal(fitSteps(20, -5, 10), 21); // over budget: at least one more step
+  // The last 10% of the steps cost 4×: 0.9·T + 0.4·T = 1.3·T steps' worth of time fill 1000 ms.
+  let switched = false;
+  const cost = (s: number, T: number) => (switched || s > 0.9 * T ? 4 : 1);
+  const T = fitSteps(0, 1000, 1, cost);
+  assert.ok(T === 769 || T === 768, `T = ${T}`);
+  const spent = Array.from({ length: T }, (_, i) => cost(i + 1, T)).reduce((a, b) => a + b, 0);
+  assert.ok(spent <= 1000 && spent + 4 > 1000, `the plan's steps take ${spent} of 1000 ms`);
+  // After the switch the recent steps are the costly ones: the rest at that rate.
+  switched = true;
+  assert.equal(fitSteps(700, 400, 4, cost), 800);
 });

@@ -23,6 +23,12 @@ export interface LoopOptions {
   step(b: Batch): Promise<{ loss: number; lr: number; gradNorm?: number }>;
   /** Called once the number of steps is known (to fit a schedule to a time budget). */
   onTotal?(total: number): void;
+  /**
+   * Relative cost of step s (1-based) in a plan of `total` steps, when steps differ in cost (FLIP's
+   * unmasked tuning runs the last steps on every patch, ~4× the work); the time budget's step count
+   * is fitted with it. Default: every step costs the same.
+   */
+  stepCost?(s: number, total: number): number;
   evaluate?(): Promise<Record<string, number> | undefined>;
   /** The metric plotted as the second curve (e.g. 'top1'). */
   evalKey?: string;
@@ -82,8 +88,7 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
         // from the recent step time (the machine's speed can change), so the cosine schedule ends
         // near the budget; the run also stops when the budget is spent.
         if (o.timeBudgetMs !== undefined && (step === o.start.step + 20 || (total !== undefined && step % 50 === 0))) {
-          const recent = recentMsPerStep(stepTimes);
-          const est = Math.max(step + 1, step + Math.floor((o.timeBudgetMs - elapsed) / recent));
+          const est = fitSteps(step, o.timeBudgetMs - elapsed, recentMsPerStep(stepTimes), o.stepCost);
           if (total === undefined || Math.abs(est - total) > 0.02 * total) {
             if (total === undefined) o.log?.(`time budget ${(o.timeBudgetMs / 60_000).toFixed(1)} min → about ${est} steps`);
             total = est;
@@ -135,6 +140,30 @@ function readHistory(path: string, upTo: number, key: string): { loss: [number, 
 }
 
 /** Median milliseconds per step over the last 50 steps. */
+/**
+ * The step count T whose steps after `step` fill `remainingMs`, at `recentMs` per step of the
+ * current step's cost; `cost(s, T)` is a step's relative cost in a plan of T steps (see stepCost).
+ */
+export function fitSteps(step: number, remainingMs: number, recentMs: number, cost?: (s: number, total: number) => number): number {
+  const uniform = step + Math.floor(Math.max(0, remainingMs) / recentMs);
+  if (!cost) return Math.max(step + 1, uniform);
+  const fits = (T: number): boolean => {
+    const unit = recentMs / cost(Math.max(1, step), T); // recent steps ran at the last step's cost
+    let ms = 0;
+    for (let s = step + 1; s <= T; s++) if ((ms += unit * cost(s, T)) > remainingMs) return false;
+    return true;
+  };
+  // The largest T that fits (more steps never cost less); steps may be cheaper than the current one.
+  let lo = step + 1;
+  let hi = Math.max(lo, 8 * uniform - 7 * step);
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 function recentMsPerStep(times: number[]): number {
   const recent = times.slice(-50).sort((a, b) => a - b);
   return Math.max(1, recent[Math.floor(recent.length / 2)] ?? 1);

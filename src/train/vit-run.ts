@@ -9,7 +9,7 @@ import { Graph } from '../graph/graph.js';
 import * as o from '../graph/ops.js';
 import { listPresets, preset } from '../models/config.js';
 import { loadClip } from '../models/load.js';
-import { type VitConfig, patchKeepIndices, validateVit, vit } from '../models/vit.js';
+import { type VitConfig, keptPatches, patchKeepIndices, validateVit, vit, vitTokens } from '../models/vit.js';
 import type { HostTensor } from '../runtime/session.js';
 import { Rng, initParams } from '../nn/init.js';
 import { TrainStep } from '../optim/step.js';
@@ -223,6 +223,11 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
         if (dropout > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng(`patch:${cfg.seed}:${ts.t}`));
         return ts.step(feeds);
       },
+      // Unmasked tuning: the last steps see every patch, at about tokens(all) / tokens(kept) the cost.
+      stepCost:
+        cfg.unmaskedTune && (config.patchDropout ?? 0) > 0
+          ? (s, T) => (dropout === 0 || s > (1 - cfg.unmaskedTune!) * T ? vitTokens(config) / (keptPatches(config) + (config.pool === 'cls' ? 1 : 0)) : 1)
+          : undefined,
       onTotal: (t) => {
         total = t;
         schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, t), t);
