@@ -62,6 +62,7 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
   let lastLoss = NaN;
   let lastEval: Record<string, number> | undefined;
   const stepTimes: number[] = [];
+  const ends: number[] = [];
   const save = async (): Promise<void> => {
     await o.save({ step, epoch, batch: nextBatch, elapsedMs: Date.now() - started, totalSteps: total });
     writeCurves();
@@ -98,7 +99,12 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
         }
         appendFileSync(metricsPath, `${JSON.stringify({ step, epoch, loss: r.loss, lr: r.lr, gradNorm: r.gradNorm, samplesPerSec: o.batchSize / ((Date.now() - t0) / 1e3), elapsedSec: elapsed / 1e3, skipped: o.loader.stats.skipped })}\n`);
         history.loss.push([step, r.loss]);
-        progress.update(step, { loss: r.loss, lr: r.lr, samplesPerSec: ((step - o.start.step) * o.batchSize) / ((Date.now() - started - o.start.elapsedMs) / 1e3) });
+        // The rate over the last 50 steps (evaluations and saves included), not since the start:
+        // decoding a dataset into the cache and the costlier unmasked steps would blur it.
+        ends.push(Date.now());
+        if (ends.length > 51) ends.shift();
+        const rate = ends.length > 1 ? ((ends.length - 1) * o.batchSize) / ((ends.at(-1)! - ends[0]!) / 1e3 || 1e-3) : o.batchSize / ((Date.now() - t0) / 1e3 || 1e-3);
+        progress.update(step, { loss: r.loss, lr: r.lr, samplesPerSec: rate });
         const done = (total !== undefined && step >= total) || (o.timeBudgetMs !== undefined && elapsed >= o.timeBudgetMs);
         if (o.evaluate && o.evalEvery > 0 && (step % o.evalEvery === 0 || done)) {
           lastEval = await o.evaluate();
