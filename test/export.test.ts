@@ -236,15 +236,20 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
   });
 }
 
+/** A random tiny CLIP saved in `dir`, exported by the CLI with `args` and --opset-check --json. */
+async function exportTiny(dir: string, args: string[]) {
+  const model = ClipModel.random(fromOpenClip(TINY), 6);
+  await model.save(join(dir, 'tiny.safetensors'));
+  const out = join(dir, 'onnx');
+  const res = await cli(['export', '--model', join(dir, 'tiny.safetensors'), '--out', out, ...args, '--opset-check', '--json']);
+  assert.equal(res.code, 0, res.stderr);
+  return { model, out, meta: JSON.parse(res.stdout) as ExportMetadata & { check: { problems: string[]; vision: number; text: number } } };
+}
+
 test('clipkit export: fixed batch, shorter text, external data, --opset-check', async () => {
   const dir = tmp();
   try {
-    const model = ClipModel.random(fromOpenClip(TINY), 6);
-    await model.save(join(dir, 'tiny.safetensors'));
-    const out = join(dir, 'onnx');
-    const res = await cli(['export', '--model', join(dir, 'tiny.safetensors'), '--out', out, '--batch', '3', '--text-length', '8', '--external-data', 'always', '--opset-check', '--json']);
-    assert.equal(res.code, 0, res.stderr);
-    const meta = JSON.parse(res.stdout) as ExportMetadata & { check: { problems: string[]; vision: number; text: number } };
+    const { model, out, meta } = await exportTiny(dir, ['--batch', '3', '--text-length', '8', '--external-data', 'always']);
     assert.deepEqual(meta.check.problems, []);
     assert.ok(meta.check.vision <= 1e-5 && meta.check.text <= 1e-5);
     assert.deepEqual(meta.models.vision.inputs[0]!.shape, [3, 3, 32, 32]);
@@ -268,12 +273,7 @@ test('clipkit export: fixed batch, shorter text, external data, --opset-check', 
 test('clipkit export --int8: DynamicQuantizeMatMul towers that plain onnxruntime-node runs, equal to the int8 model in clipkit', async () => {
   const dir = tmp();
   try {
-    const model = ClipModel.random(fromOpenClip(TINY), 6);
-    await model.save(join(dir, 'tiny.safetensors'));
-    const out = join(dir, 'onnx');
-    const res = await cli(['export', '--model', join(dir, 'tiny.safetensors'), '--out', out, '--int8', '--opset-check', '--json']);
-    assert.equal(res.code, 0, res.stderr);
-    const meta = JSON.parse(res.stdout) as ExportMetadata & { check: { problems: string[]; vision: number; text: number } };
+    const { out, meta } = await exportTiny(dir, ['--int8']);
     assert.equal(meta.quantize, 'int8');
     for (const m of [meta.models.vision, meta.models.text]) assert.ok(m.ops['com.microsoft']?.includes('DynamicQuantizeMatMul'), `${m.file}: ${JSON.stringify(m.ops)}`);
     assert.ok(meta.check.vision <= 1e-5 && meta.check.text <= 1e-5, JSON.stringify(meta.check));

@@ -103,7 +103,7 @@ export class TrainStep {
 
   static async create(g: Graph, loss: Tensor, values: ParamValues, opts: TrainStepOptions = {}): Promise<TrainStep> {
     const cfg = { ...ADAMW_DEFAULTS, ...opts.optimizer };
-    validateAdamW(cfg);
+    validate(cfg);
     const mode = opts.update ?? 'graph';
     const specs = [...g.params.values()];
     for (const p of specs) if (!values.has(p.name)) throw new Error(`no value for parameter '${p.name}'`);
@@ -310,8 +310,7 @@ function scalarF(v: number): HostTensor {
   return { data: Float32Array.of(v), shape: [] };
 }
 
-/** Throws naming the first bad AdamW setting. */
-export function validateAdamW(c: AdamWConfig): void {
+function validate(c: AdamWConfig): void {
   const bad = (what: string): never => {
     throw new Error(`AdamW: ${what}`);
   };

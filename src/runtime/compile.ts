@@ -17,20 +17,15 @@ export interface Compiled {
   run(feeds: Record<string, HostTensor>, into?: Record<string, HostTensor>): Promise<Record<string, HostTensor>>;
 }
 
-/** The ONNX bytes of `graph` with these outputs (named by the record's keys), and the output names. */
-export function toModel(graph: Graph, outputs: Record<string, Tensor> | Tensor[], o: Pick<CompileOptions, 'paramValues' | 'paramsAsInputs'> = {}): { bytes: Uint8Array; outputNames: string[] } {
+export async function compile(graph: Graph, outputs: Record<string, Tensor> | Tensor[], o: CompileOptions = {}): Promise<Compiled> {
   const list: Tensor[] = [];
   // A graph output must be produced by a node: inputs, parameters and constants pass through Identity.
   const produced = (t: Tensor): Tensor => (t.producer ? t : identity(t));
   if (Array.isArray(outputs)) list.push(...outputs.map(produced));
   else for (const [name, t] of Object.entries(outputs)) list.push(graph.rename(produced(t), name));
   const bytes = serialize(graph, { outputs: list, paramValues: o.paramValues, paramsAsInputs: o.paramsAsInputs });
-  return { bytes, outputNames: list.map((t) => t.name) };
-}
-
-export async function compile(graph: Graph, outputs: Record<string, Tensor> | Tensor[], o: CompileOptions = {}): Promise<Compiled> {
-  const { bytes, outputNames } = toModel(graph, outputs, o);
   const session = await Session.create(bytes, o);
+  const outputNames = list.map((t) => t.name);
   return {
     session,
     bytes,

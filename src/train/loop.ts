@@ -145,7 +145,6 @@ function readHistory(path: string, upTo: number, key: string): { loss: [number, 
   return h;
 }
 
-/** Median milliseconds per step over the last 50 steps. */
 /**
  * The step count T whose steps after `step` fill `remainingMs`, at `recentMs` per step of the
  * current step's cost; `cost(s, T)` is a step's relative cost in a plan of T steps (see stepCost).
@@ -170,6 +169,7 @@ export function fitSteps(step: number, remainingMs: number, recentMs: number, co
   return lo;
 }
 
+/** Median milliseconds per step over the last 50 steps. */
 function recentMsPerStep(times: number[]): number {
   const recent = times.slice(-50).sort((a, b) => a - b);
   return Math.max(1, recent[Math.floor(recent.length / 2)] ?? 1);

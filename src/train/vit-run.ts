@@ -190,6 +190,10 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
     });
   };
   let dropout = config.patchDropout ?? 0;
+  // Unmasked tuning: the last steps see every patch, at about tokens(all) / tokens(kept) the cost.
+  const unmasked = cfg.unmaskedTune ?? 0;
+  const costRatio = vitTokens(config) / (keptPatches(config) + (config.pool === 'cls' ? 1 : 0));
+  const unmaskedCost = unmasked > 0 && dropout > 0 ? (s: number, T: number): number => (dropout === 0 || s > (1 - unmasked) * T ? costRatio : 1) : undefined;
   let ts = await makeStep(dropout);
   if (resumed) ts.loadState(resumed.optimizer);
 
@@ -208,7 +212,7 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
       saveEvery: cfg.saveEvery,
       start: { step: ts.t, epoch: resumed?.position.epoch ?? 0, batch: resumed?.position.batch ?? 0, elapsedMs: (resumed?.extra.elapsedMs as number | undefined) ?? 0 },
       step: async (b) => {
-        if (cfg.unmaskedTune && dropout > 0 && total !== undefined && ts.t >= (1 - cfg.unmaskedTune) * total) {
+        if (unmasked > 0 && dropout > 0 && total !== undefined && ts.t >= (1 - unmasked) * total) {
           log(`step ${ts.t}: unmasked tuning — every patch from here on`);
           const next = await makeStep(0);
           next.loadState(ts.state);
@@ -223,11 +227,7 @@ export async function runVitTraining(cfg: VitRunConfig, resume = false, log: (s:
         if (dropout > 0) feeds.patch_keep = patchKeepIndices(config, B, new Rng(`patch:${cfg.seed}:${ts.t}`));
         return ts.step(feeds);
       },
-      // Unmasked tuning: the last steps see every patch, at about tokens(all) / tokens(kept) the cost.
-      stepCost:
-        cfg.unmaskedTune && (config.patchDropout ?? 0) > 0
-          ? (s, T) => (dropout === 0 || s > (1 - cfg.unmaskedTune!) * T ? vitTokens(config) / (keptPatches(config) + (config.pool === 'cls' ? 1 : 0)) : 1)
-          : undefined,
+      stepCost: unmaskedCost,
       onTotal: (t) => {
         total = t;
         schedule = warmupCosine(cfg.lr, Math.min(cfg.warmup, t), t);
@@ -270,9 +270,9 @@ export async function loadVit(path: string): Promise<{ config: VitConfig; classe
   }
 }
 
-/** Top-1 / top-5 and the confusion matrix (rows: true class, columns: predicted) on a loader. */
 /**
- * Top-1/top-5 and the confusion matrix of the classifier on `loader`'s images. With `tta: 'flip'`
+ * Top-1/top-5 and the confusion matrix (rows: true class, columns: predicted) of the classifier on
+ * `loader`'s images. With `tta: 'flip'`
  * each image is also classified mirrored left-right and the two logit vectors are averaged
  * (test-time augmentation; twice the compute).
  */
